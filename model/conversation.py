@@ -143,7 +143,7 @@ def parse_record(raw: Any, index: int, file: str | os.PathLike = "<memory>") -> 
 class BadRecordSummary:
     """Counts skipped records per reason and prints the first few messages as they happen."""
 
-    def __init__(self, show_first: int = 5, stream=None):
+    def __init__(self, show_first: int = 20, stream=None):
         self.counts: Counter[str] = Counter()
         self.show_first, self.stream = show_first, stream or sys.stderr
 
@@ -161,6 +161,8 @@ class BadRecordSummary:
             return f"no bad {what}"
         lines = [f"skipped {self.total} bad {what}:"]
         lines += [f"  {n:>7}  {reason}" for reason, n in self.counts.most_common()]
+        if self.total > self.show_first:
+            lines.append(f"  (messages shown for the first {self.show_first} only; use --strict to stop at one)")
         return "\n".join(lines)
 
 
