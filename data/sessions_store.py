@@ -1,0 +1,139 @@
+"""The resumable output of ``data.simulate``: finished sessions in one JSONL file plus two side files.
+
+* ``OUT.jsonl``: one line per finished session, the training data.
+* ``OUT.skipped.jsonl``: candidates that can never make a session (a seed whose first round leaves
+  no room in the context), so a re-run does not try them again.
+* ``OUT.failed.jsonl``: sessions of the latest run that ran out of retries, with the reason; they are
+  not finished, so the next run tries them again.
+
+Every line is written by one writer task, flushed and fsynced before the next, so a crash (even
+``kill -9``) loses at most the line being written. A torn last line is cut off when the store is
+opened, and everything before it counts as done.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+
+
+class CorruptStore(ValueError):
+    pass
+
+
+def side_file(out: Path, kind: str) -> Path:
+    """``runs/x.jsonl`` -> ``runs/x.failed.jsonl``."""
+    return out.with_suffix(f".{kind}.jsonl") if out.suffix else out.with_name(f"{out.name}.{kind}.jsonl")
+
+
+def read_lines_cut_torn(path: Path, warn=None) -> list[dict]:
+    """The JSON records of a JSONL file written line by line; a torn (unterminated) last line is
+    removed from the file, any other bad line is an error naming the file and line."""
+    warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        warn(f"{path}: removing a torn last line ({len(data) - end} bytes) left by an interrupted run")
+        with open(path, "r+b") as f:
+            f.truncate(end)
+            f.flush()
+            os.fsync(f.fileno())
+    records = []
+    for lineno, line in enumerate(data[:end].splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise CorruptStore(f"{path}: line {lineno}: not JSON ({err}); this file was not written by "
+                               f"data.simulate or was edited; fix or move it") from None
+        if not isinstance(rec, dict) or not isinstance(rec.get("id"), str):
+            raise CorruptStore(f"{path}: line {lineno}: expected an object with a string 'id'")
+        records.append(rec)
+    return records
+
+
+class SessionStore:
+    """What is finished, skipped and failed, and the one writer that appends to those files."""
+
+    def __init__(self, out: str | os.PathLike):
+        self.out = Path(out)
+        self.skipped_path = side_file(self.out, "skipped")
+        self.failed_path = side_file(self.out, "failed")
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        finished = read_lines_cut_torn(self.out)
+        self.finished: dict[str, dict] = {}
+        for rec in finished:
+            if rec["id"] in self.finished:
+                raise CorruptStore(f"{self.out}: session {rec['id']!r} appears twice")
+            self.finished[rec["id"]] = rec
+        self.skipped = {rec["id"]: rec for rec in read_lines_cut_torn(self.skipped_path)}
+        # failures of the previous run: not finished, so they are simply tried again now
+        self.previously_failed = {rec["id"]: rec for rec in read_lines_cut_torn(self.failed_path)
+                                  if rec["id"] not in self.finished}
+        self.failed_path.unlink(missing_ok=True)
+        self._queue: asyncio.Queue | None = None
+        self._task: asyncio.Task | None = None
+        self._files: dict[Path, object] = {}
+
+    def modes(self) -> set[str]:
+        return {rec.get("mode") for rec in self.finished.values()}
+
+    # -- the writer ------------------------------------------------------------------------------
+    def start(self) -> asyncio.Task:
+        """Start the writer; the returned task only ends early if writing fails."""
+        self._queue = asyncio.Queue()
+        self._task = asyncio.create_task(self._write_loop(), name="session-writer")
+        return self._task
+
+    def add_finished(self, record: dict) -> None:
+        self._put(self.out, record)
+
+    def add_skipped(self, record: dict) -> None:
+        self._put(self.skipped_path, record)
+
+    def add_failed(self, record: dict) -> None:
+        self._put(self.failed_path, record)
+
+    def _put(self, path: Path, record: dict) -> None:
+        line = json.dumps(record, ensure_ascii=False) + "\n"
+        self._queue.put_nowait((path, line))
+
+    def _append(self, path: Path, line: str) -> None:
+        f = self._files.get(path)
+        if f is None:
+            f = self._files[path] = open(path, "a", encoding="utf-8")
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
+
+    async def _write_loop(self) -> None:
+        while True:
+            path, line = await self._queue.get()
+            try:
+                # fsync can take milliseconds: keep it off the event loop that drives the sessions
+                await asyncio.to_thread(self._append, path, line)
+            finally:
+                self._queue.task_done()
+
+    async def close(self) -> None:
+        """Write everything queued, then stop the writer and close the files."""
+        if self._task is not None:
+            joined = asyncio.ensure_future(self._queue.join())
+            await asyncio.wait({joined, self._task}, return_when=asyncio.FIRST_COMPLETED)
+            if self._task.done():  # the writer died (disk full, ...): say why
+                joined.cancel()
+                self._task.result()
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        for f in self._files.values():
+            f.close()
+        self._files.clear()

@@ -1,0 +1,362 @@
+"""An OpenAI-compatible server for either model, so any OpenAI client can drive it.
+
+The request's ``messages`` are the real conversation (``user`` = human turns, ``assistant`` =
+assistant turns, an optional first ``system`` message). With ``--role gpt`` the reply is the next
+assistant turn (PlatoLM); with ``--role human`` it is the next *human* turn written by the user
+simulator (Socratic). Either way it comes back as the OpenAI ``assistant`` message of the reply.
+
+Routes: ``POST /v1/chat/completions`` (``stream`` true or false), ``GET /v1/models``, ``GET /health``.
+Concurrent requests are batched: a background loop gathers the requests that arrive within
+``--batch-wait-ms`` and runs them as one batched generate call (streamed requests run on their own).
+
+The API key comes from ``$PLATOLM_API_KEY`` (or ``--api-key``); when set, every ``/v1`` request
+needs ``Authorization: Bearer KEY``. Binds 127.0.0.1 unless told otherwise.
+
+Usage::
+
+    python -m model.serve --model-path smollm2 --role human --port 8000
+    PLATOLM_API_KEY=secret python -m model.serve --model-path out/platolm --role gpt --engine vllm
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hmac
+import json
+import os
+import sys
+import time
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException
+
+from model.conversation import GPT, HUMAN, BadRecord, Turn, parse_record
+from model.generate import Completion, ContextOverflow
+
+API_KEY_ENV = "PLATOLM_API_KEY"
+DEFAULT_TEMPERATURE = 0.7
+
+
+# -- the request ---------------------------------------------------------------------------------
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["text"]
+    text: str
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: str
+    content: str | list[TextPart]
+
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # OpenAI clients send fields we have no use for
+    model: str | None = None
+    messages: list[Message]
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    stop: str | list[str] | None = None
+    n: int | None = Field(None, ge=1)
+    seed: int | None = None
+    min_tokens: int = Field(0, ge=0)  # vLLM's extension: no end of turn before this many tokens
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+
+
+class APIError(Exception):
+    """An error reported to the client as an OpenAI-style JSON body."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 type_: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.type = status, message, param, code, type_
+
+    def response(self) -> JSONResponse:
+        return JSONResponse({"error": {"message": self.message, "type": self.type, "param": self.param,
+                                       "code": self.code}}, status_code=self.status)
+
+
+def request_turns(messages: list[Message]) -> tuple[list[Turn], str | None]:
+    """The request's messages as (turns, system), read by the project's one record parser.
+
+    A request with no user/assistant message is allowed: the simulator may open a conversation.
+    """
+    record = {"id": "request", "messages": [{"role": m.role, "content": m.text()} for m in messages]}
+    try:
+        conv = parse_record(record, 0, "request")
+    except BadRecord as err:
+        if err.reason == "no turns" and all(m.role == "system" for m in messages) and len(messages) <= 1:
+            return [], messages[0].text() if messages else None
+        raise APIError(400, f"messages: {err.reason}" + (f" ({err.detail})" if err.detail else ""),
+                       param="messages") from None
+    return conv.turns, conv.system
+
+
+def request_prompt(generator, role: str, messages: list[Message]) -> list[int]:
+    """Prompt ids for the next ``role`` turn: the same Template.prompt_for the model was trained with.
+
+    Without a system message the role's paper prompt is used (SOCRATIC_SYSTEM for human).
+    """
+    turns, system = request_turns(messages)
+    try:
+        return generator.prompt_ids(turns, role, system)
+    except ContextOverflow as err:
+        raise APIError(400, f"{err}; shorten the messages", param="messages",
+                       code="context_length_exceeded") from None
+
+
+@dataclass
+class Settings:
+    temperature: float
+    top_p: float
+    max_tokens: int
+    stop: tuple[str, ...]
+    seed: int | None
+    min_tokens: int = 0
+
+    def key(self) -> tuple:
+        """Requests with equal keys can share one generate call; seeded ones never share."""
+        return (self.temperature, self.top_p, self.stop, self.min_tokens,
+                object() if self.seed is not None else None)
+
+
+def request_settings(req: ChatRequest, default_max_tokens: int) -> Settings:
+    if req.n not in (None, 1):
+        raise APIError(400, "n > 1 is not supported: send n requests (concurrent requests are batched)",
+                       param="n", code="unsupported_value")
+    stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+    if len(stop) > 4:
+        raise APIError(400, "at most 4 stop sequences", param="stop")
+    return Settings(DEFAULT_TEMPERATURE if req.temperature is None else req.temperature,
+                    1.0 if req.top_p is None else req.top_p,
+                    req.max_completion_tokens or req.max_tokens or default_max_tokens,
+                    tuple(s for s in stop if s), req.seed, req.min_tokens)
+
+
+# -- batching ------------------------------------------------------------------------------------
+@dataclass
+class Job:
+    prompt: list[int]
+    settings: Settings
+    future: asyncio.Future = field(repr=False)
+
+
+class Batcher:
+    """Gathers requests that arrive close together and runs each group as one batched generate call."""
+
+    def __init__(self, generator, max_batch: int = 16, wait_s: float = 0.005):
+        self.generator, self.max_batch, self.wait_s = generator, max_batch, wait_s
+        self.queue: asyncio.Queue[Job] = asyncio.Queue()
+        self.requests = self.batches = 0  # shown by /health: how well batching works
+
+    async def submit(self, prompt: list[int], settings: Settings) -> Completion:
+        job = Job(prompt, settings, asyncio.get_running_loop().create_future())
+        await self.queue.put(job)
+        return await job.future
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            jobs = [await self.queue.get()]
+            deadline = loop.time() + self.wait_s
+            while len(jobs) < self.max_batch:
+                try:
+                    jobs.append(await asyncio.wait_for(self.queue.get(), max(0.0, deadline - loop.time())))
+                except asyncio.TimeoutError:
+                    break
+            groups: dict[tuple, list[Job]] = {}
+            for job in jobs:
+                groups.setdefault(job.settings.key(), []).append(job)
+            for group in groups.values():
+                await self._run_group(group)
+
+    async def _run_group(self, group: list[Job]) -> None:
+        s = group[0].settings
+        self.requests, self.batches = self.requests + len(group), self.batches + 1
+        try:
+            results = await asyncio.to_thread(
+                self.generator.generate_ids, [j.prompt for j in group], temperature=s.temperature,
+                top_p=s.top_p, max_new_tokens=[j.settings.max_tokens for j in group], stop=list(s.stop),
+                seed=s.seed, min_new_tokens=s.min_tokens)
+        except Exception as err:  # reported to each waiting request
+            for job in group:
+                if not job.future.done():
+                    job.future.set_exception(err)
+            return
+        for job, result in zip(group, results):
+            if not job.future.done():
+                job.future.set_result(result)
+
+
+# -- the app -------------------------------------------------------------------------------------
+def usage(done: Completion) -> dict:
+    return {"prompt_tokens": done.prompt_tokens, "completion_tokens": done.completion_tokens,
+            "total_tokens": done.prompt_tokens + done.completion_tokens}
+
+
+def create_app(generator, role: str, model_name: str, api_key: str | None = None,
+               default_max_tokens: int = 512, max_batch: int = 16, batch_wait_s: float = 0.005) -> FastAPI:
+    if role not in (HUMAN, GPT):
+        raise ValueError(f"role must be {HUMAN!r} or {GPT!r}")
+    batcher = Batcher(generator, max_batch, batch_wait_s)
+
+    async def lifespan(app):
+        task = asyncio.create_task(batcher.run())
+        yield
+        task.cancel()
+
+    app = FastAPI(title="PlatoLM server", lifespan=lifespan)
+
+    @app.exception_handler(APIError)
+    async def api_error(request, err: APIError):
+        return err.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request, err: RequestValidationError):
+        errors = err.errors()
+        if any(e.get("type") == "json_invalid" for e in errors):
+            return APIError(400, "the request body is not valid JSON").response()
+        where = [".".join(str(x) for x in e["loc"] if x != "body") for e in errors]
+        problems = "; ".join(f"{w or 'body'}: {e['msg']}" for w, e in zip(where[:5], errors))
+        return APIError(400, f"invalid request: {problems}", param=where[0] if where else None).response()
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request, err: HTTPException):
+        return APIError(err.status_code, str(err.detail),
+                        type_="invalid_request_error" if err.status_code < 500 else "server_error").response()
+
+    @app.exception_handler(Exception)
+    async def server_error(request, err: Exception):
+        traceback.print_exception(err, file=sys.stderr)  # the log gets the trace, the client does not
+        return APIError(500, "internal server error", type_="server_error").response()
+
+    @app.middleware("http")
+    async def check_key(request: Request, call_next):
+        if api_key and request.url.path.startswith("/v1"):
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
+                return APIError(401, "missing or wrong API key (Authorization: Bearer KEY)",
+                                code="invalid_api_key").response()
+        return await call_next(request)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "role": role, "model": model_name,
+                "batched_requests": batcher.requests, "batches": batcher.batches}
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": 0,
+                                            "owned_by": "platolm", "role": role,
+                                            "max_model_len": generator.max_context}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(req: ChatRequest):
+        settings = request_settings(req, default_max_tokens)
+        prompt = request_prompt(generator, role, req.messages)
+        cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        head = {"id": cid, "created": created, "model": model_name}
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return StreamingResponse(_sse(generator, prompt, settings, head, include_usage),
+                                     media_type="text/event-stream")
+        done = await batcher.submit(prompt, settings)
+        return {**head, "object": "chat.completion",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": done.text},
+                             "finish_reason": done.finish_reason, "logprobs": None}],
+                "usage": usage(done)}
+
+    return app
+
+
+def _sse(generator, prompt: list[int], s: Settings, head: dict, include_usage: bool):
+    """Server-sent events of one streamed reply (run in a worker thread by Starlette)."""
+    def event(delta: dict, finish: str | None = None) -> str:
+        chunk = {**head, "object": "chat.completion.chunk",
+                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
+        return f"data: {json.dumps(chunk)}\n\n"
+
+    stream = generator.stream_ids(prompt, temperature=s.temperature, top_p=s.top_p,
+                                  max_new_tokens=s.max_tokens, stop=list(s.stop), seed=s.seed,
+                                  min_new_tokens=s.min_tokens)
+    try:
+        yield event({"role": "assistant", "content": ""})
+        for piece in stream:
+            yield event({"content": piece})
+        done = stream.completion
+        yield event({}, done.finish_reason)
+        if include_usage:
+            yield f"data: {json.dumps({**head, 'object': 'chat.completion.chunk', 'choices': [], 'usage': usage(done)})}\n\n"
+        yield "data: [DONE]\n\n"
+    except Exception as err:  # headers are sent already: report in-band, log the trace
+        traceback.print_exception(err, file=sys.stderr)
+        yield f"data: {json.dumps({'error': {'message': 'internal server error', 'type': 'server_error'}})}\n\n"
+    finally:
+        stream.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m model.serve", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model-path", required=True, help="checkpoint dir, hub name, or 'smollm2'")
+    p.add_argument("--role", required=True, choices=[HUMAN, GPT],
+                   help="human: reply with the next human turn (Socratic); gpt: the next assistant turn")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", default=os.environ.get(API_KEY_ENV),
+                   help=f"require this Bearer key (default: ${API_KEY_ENV}; prefer the variable, "
+                        f"command lines are visible to other users)")
+    p.add_argument("--engine", choices=["hf", "vllm"], default="hf")
+    p.add_argument("--template", choices=["dyadic", "chat"], default="dyadic")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--max-context", type=int, default=None, help="context limit (default: the model's)")
+    p.add_argument("--max-new-tokens", type=int, default=512, help="when a request gives no max_tokens")
+    p.add_argument("--served-model-name", default=None, help="model id in /v1/models (default: the path's name)")
+    p.add_argument("--max-batch", type=int, default=16)
+    p.add_argument("--batch-wait-ms", type=float, default=5.0,
+                   help="how long the batcher waits for more requests to join a batch")
+    args = p.parse_args(argv)
+
+    import uvicorn
+
+    from model.generate import load_generator
+
+    try:
+        generator = load_generator(args.engine, model_path=args.model_path, template=args.template,
+                                   device=args.device, max_context=args.max_context)
+    except (RuntimeError, OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    name = args.served_model_name or Path(str(args.model_path).rstrip("/")).name
+    app = create_app(generator, args.role, name, args.api_key, args.max_new_tokens, args.max_batch,
+                     args.batch_wait_ms / 1000)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: listening on {args.host}, reachable from other machines"
+              + ("" if args.api_key else " and without an API key"), file=sys.stderr)
+    print(f"serving {name} as role {args.role} ({args.engine}, context {generator.max_context}) on "
+          f"http://{args.host}:{args.port}/v1" + (" (API key required)" if args.api_key else ""),
+          file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

