@@ -5,10 +5,10 @@ template, loss on the assistant turns, cut at --max-length, the paper's 2048 by 
 conversations are then batched two ways, --batch rows a batch, shuffled with one seed: packed (rows of up
 to --max-length tokens, restarting positions) and padded (one conversation a row, padded to the longest
 in its batch, as the original did). Padding efficiency = real tokens / tokens computed over a whole
-epoch. Speed comes from --steps timed training steps of each (forward + backward + AdamW of a small Llama
-on the CPU, after one warm-up step), with the trainer's own collators and model loader: real tokens/s on
-those steps, and over the epoch as padding efficiency x computed tokens/s (a step costs about its
-computed tokens; the timed steps' own padding may differ from the epoch's).
+epoch. Speed comes from --steps timed training steps of each, alternated step by step (forward + backward
++ AdamW of a small Llama on the CPU, after one warm-up step), with the trainer's own collators and model
+loader: real tokens/s on those steps, and over the epoch as padding efficiency x computed tokens/s (a
+step costs about its computed tokens; the timed steps' own padding may differ from the epoch's).
 
 Usage::
 
@@ -61,26 +61,27 @@ def epoch_efficiency(lengths: list[int], batches: list[list[int]]) -> tuple[int,
     return real, computed
 
 
-def time_steps(model, rows: Rows, collator, batches: list[list[int]], label: str) -> dict:
-    """Forward + backward + AdamW on ``batches`` (after one untimed warm-up step)."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    model.train()
-    real = computed = 0
-    seconds = 0.0
-    for k, idx in enumerate(tqdm(batches, desc=label, file=sys.stderr)):
-        items = [rows[i] for i in idx]
+class Trainee:
+    """One mode's model, optimizer, rows, collator and timed totals."""
+
+    def __init__(self, model, rows: Rows, collator, batches: list[list[int]]):
+        self.model, self.rows, self.collator, self.batches = model, rows, collator, batches
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+        self.real = self.computed = 0
+        self.seconds = 0.0
+
+    def step(self, k: int, timed: bool) -> None:
+        """Forward + backward + AdamW on batch ``k``."""
+        items = [self.rows[i] for i in self.batches[k]]
         start = time.perf_counter()
-        b = collator(items)
-        loss = model(**b).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if k:  # the first step warms up the allocator and kernels
-            seconds += time.perf_counter() - start
-            real += sum(len(r["input_ids"]) for r in items)
-            computed += b["input_ids"].numel()
-    return {"timed_steps": len(batches) - 1, "timed_real_tokens": real, "timed_computed_tokens": computed,
-            "seconds": seconds, "real_tokens_per_s": real / seconds}
+        b = self.collator(items)
+        self.model(**b).loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if timed:
+            self.seconds += time.perf_counter() - start
+            self.real += sum(len(r["input_ids"]) for r in items)
+            self.computed += b["input_ids"].numel()
 
 
 def main(argv=None) -> int:
@@ -108,7 +109,7 @@ def main(argv=None) -> int:
     lengths = [len(ids) for ids in encoded["input_ids"]]
     with tempfile.TemporaryDirectory() as tmp:
         path = resolve(args.model) if args.model else small_llama(tokenizer, tmp)
-        results = {}
+        trainees, results = {}, {}
         for mode in ("padded", "packed"):
             if mode == "packed":
                 bins = pack_bins(lengths, args.max_length)
@@ -121,10 +122,17 @@ def main(argv=None) -> int:
             real, computed = epoch_efficiency(sizes, batches)
             torch.manual_seed(args.seed)
             model = load_model(path, tokenizer, ModelArguments(attn_implementation="sdpa"), LoraArguments())
+            trainees[mode] = Trainee(model.train(), rows, collator, batches)
             results[mode] = {"rows": len(rows), "steps_per_epoch": len(batches), "real_tokens": real,
-                             "computed_tokens": computed, "padding_efficiency": real / computed,
-                             **time_steps(model, rows, collator, batches[:args.steps + 1], mode)}
-            del model
+                             "computed_tokens": computed, "padding_efficiency": real / computed}
+        # alternate the two modes step by step, so that a busy machine slows both alike;
+        # step 0 of each warms up the allocator and kernels and is not timed
+        for k in tqdm(range(args.steps + 1), desc="steps (padded + packed)", file=sys.stderr):
+            for t in trainees.values():
+                t.step(k, timed=k > 0)
+        for mode, t in trainees.items():
+            results[mode].update(timed_steps=args.steps, timed_real_tokens=t.real, timed_computed_tokens=t.computed,
+                                 seconds=t.seconds, real_tokens_per_s=t.real / t.seconds)
     for r in results.values():
         r["timed_padding_efficiency"] = r["timed_real_tokens"] / r["timed_computed_tokens"]
         r["computed_tokens_per_s"] = r["timed_computed_tokens"] / r["seconds"]

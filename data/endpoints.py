@@ -198,9 +198,10 @@ class Teacher:
     """Any OpenAI-compatible chat endpoint; it sees the whole conversation, after its system prompt."""
 
     def __init__(self, client: openai.AsyncOpenAI, model: str, system: str | None, temperature: float | None,
-                 max_tokens: int | None, policy: RetryPolicy, limiter: RateLimiter):
+                 max_tokens: int | None, policy: RetryPolicy, limiter: RateLimiter, keep_truncated: bool = False):
         self.client, self.model, self.system = client, model, system
         self.temperature, self.max_tokens, self.policy, self.limiter = temperature, max_tokens, policy, limiter
+        self.keep_truncated = keep_truncated  # keep answers cut at max_tokens (counted) instead of ending
 
     async def answer(self, turns: Sequence[Turn], on_retry: Callable | None = None) -> Reply:
         messages = to_messages(turns, self.system)
@@ -222,9 +223,10 @@ class Teacher:
                 text, finish, p, c = parse_completion(resp)
             finally:
                 self.limiter.settle(estimate, used)
-            if finish not in (None, "stop"):  # "length", "content_filter": not a usable answer
+            truncated = finish == "length" and self.keep_truncated and bool(text.strip())
+            if finish not in (None, "stop") and not truncated:  # "length", "content_filter": not usable
                 raise EndOfSession(f"teacher_{finish}")
-            return Reply(text, p or 0, c or 0)
+            return Reply(text, p or 0, c or 0, truncated=truncated)
 
         try:
             return await call_with_retries(attempt, self.policy, "teacher", on_retry)

@@ -46,6 +46,7 @@ class Usage:
     teacher_completion_tokens: int = 0
     retries: int = 0
     questions_cut_at_max_new_tokens: int = 0
+    answers_cut_at_max_tokens: int = 0
 
     def total(self) -> int:
         return (self.simulator_prompt_tokens + self.simulator_completion_tokens
@@ -104,6 +105,7 @@ async def run_session(spec: SessionSpec, simulator, teacher, cfg: SessionConfig,
                 break
             usage.teacher_prompt_tokens += a.prompt_tokens
             usage.teacher_completion_tokens += a.completion_tokens
+            usage.answers_cut_at_max_tokens += a.truncated
             turns = [*asked, Turn(GPT, a.text)]
             if on_round is not None:
                 on_round(q.prompt_tokens + q.completion_tokens + a.prompt_tokens + a.completion_tokens)

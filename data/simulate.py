@@ -230,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--teacher-system", default=TEACHER_SYSTEM)
     g.add_argument("--teacher-temperature", type=float, default=0.7)
     g.add_argument("--teacher-max-tokens", type=int, help="cap on an answer (default: the endpoint's)")
+    g.add_argument("--keep-truncated-answers", action="store_true",
+                   help="keep an answer cut at --teacher-max-tokens (counted in meta.usage) instead of ending "
+                        "the session there")
     g.add_argument("--rpm", type=float, help="teacher requests per minute limit")
     g.add_argument("--tpm", type=float, help="teacher tokens per minute limit")
     g.add_argument("--price-in", type=float, help="teacher USD per 1M prompt tokens (shows spend)")
@@ -311,7 +314,7 @@ async def main_async(args, progress_disable: bool) -> int:
         openai.AsyncOpenAI(base_url=args.teacher_base_url, max_retries=0, timeout=timeout,
                            api_key=api_key(args.teacher_api_key_env, args.teacher_base_url, "teacher")),
         args.teacher_model, args.teacher_system, args.teacher_temperature, args.teacher_max_tokens,
-        policy, RateLimiter(args.rpm, args.tpm))
+        policy, RateLimiter(args.rpm, args.tpm), keep_truncated=args.keep_truncated_answers)
     if is_url(args.simulator):
         client = openai.AsyncOpenAI(base_url=args.simulator, max_retries=0, timeout=timeout,
                                     api_key=api_key(args.simulator_api_key_env, args.simulator, "simulator"))

@@ -52,7 +52,7 @@ def minilm_dir() -> Path:
 
 def smollm2_dir() -> Path:
     """A Hugging Face checkpoint of SmolLM2-135M-Instruct, converted from the GGUF once and cached."""
-    out = cache_dir() / "smollm2-135m-instruct"
+    out = cache_dir() / "smollm2-135m-instruct-hf"
     if (out / "config.json").exists():
         return out
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -64,6 +64,8 @@ def smollm2_dir() -> Path:
     # GGUF-loaded modules cannot be saved directly: copy the weights into a fresh model.
     fresh = AutoModelForCausalLM.from_config(loaded.config)
     fresh.load_state_dict(loaded.state_dict())
+    if hasattr(fresh.config, "quantization_config"):  # the weights are now plain tensors: no longer quantized
+        del fresh.config.quantization_config
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".smollm2-"))
     try:

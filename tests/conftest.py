@@ -60,5 +60,7 @@ def env_offline() -> dict:
     """Environment for subprocesses: repo on the path, hubs off."""
     env = dict(os.environ)
     env.update(PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-               TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+               TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1",
+               # a test and the servers it starts share 2 cores: one thread each avoids oversubscription
+               OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     return env

@@ -1,0 +1,66 @@
+"""The whole pipeline, scaled down: `python -m scripts.demo --scale tiny` with the tiny random Llama.
+
+Every stage's output must exist and be well-formed; a second run must reuse every finished stage.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+
+from tests.conftest import PYTHON, ROOT, env_offline
+
+STAGES = ["1-prepare", "2-train-socratic", "3-simulate", "4-train-platolm", "5-evaluate", "6-report"]
+
+
+def run_demo(*args, timeout=900):
+    return subprocess.run([PYTHON, "-m", "scripts.demo", *map(str, args)], cwd=ROOT, env=env_offline(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_tiny_demo_end_to_end_and_resume(tmp_path, tiny_dir):
+    out = tmp_path / "demo"
+    p = run_demo("--scale", "tiny", "--base-model", tiny_dir, "--out", out)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert sorted(f.name for f in (out / "stages").iterdir()) == STAGES
+
+    split = json.loads((out / "sharegpt_split.json").read_text())
+    assert split and all(c["conversations"][0]["from"] == "human" for c in split)
+    for model_dir in ("socratic", "platolm"):
+        run = json.loads((out / model_dir / "platolm_run.json").read_text())
+        assert run["train_role"] == {"socratic": "human", "platolm": "gpt"}[model_dir]
+        assert (out / model_dir / "config.json").exists() and (out / model_dir / "loss.png").exists()
+    for mode in ("free", "seeded"):
+        sessions = jsonl(out / f"socraticchat_{mode}.jsonl")
+        assert len(sessions) == 2 and all(s["mode"] == mode and s["num_of_rounds"] >= 1 for s in sessions)
+        assert all([t["from"] for t in s["conversations"]] == ["human", "gpt"] * s["num_of_rounds"] for s in sessions)
+    seeds = {s["id"]: s for s in json.loads((out / "seeds.json").read_text())}
+    for s in jsonl(out / "socraticchat_seeded.jsonl"):  # the seed's first round is kept verbatim
+        assert s["conversations"][:2] == seeds[s["seed_id"]]["conversations"][:2]
+
+    results = out / "results"
+    for name in ("SocraticChat", "ShareGPT"):
+        quality = json.loads((results / "question_quality" / f"{name}.json").read_text())
+        assert quality["num_questions"] > 0 and 0 < quality["topic_diversity"] <= 1
+        stats = json.loads((results / "corpus_stats" / f"{name}.json").read_text())
+        assert stats["sessions"] > 0
+    answers = jsonl(results / "mt_bench" / "model_answer" / "platolm-tiny.jsonl")
+    assert len(answers) == 2 and all(len(a["choices"][0]["turns"]) == 2 for a in answers)
+    report = (out / "REPORT.md").read_text()
+    assert "### Question quality" in report and "### Corpus statistics" in report
+    assert "Socratic_loss.png" in report and (results / "figures" / "training" / "Socratic_loss.png").exists()
+
+    again = run_demo("--scale", "tiny", "--base-model", tiny_dir, "--out", out)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("done earlier") == len(STAGES) and "$ python" not in again.stdout
+
+
+def test_paper_scale_dry_run_prints_the_launch_commands(tmp_path):
+    p = run_demo("--scale", "paper", "--dry-run", "--out", tmp_path / "paper", timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "bash scripts/sft_socratic_7b.sh" in p.stdout and "bash scripts/sft_platolm_7b.sh" in p.stdout
+    assert "--max-context 2048" in p.stdout and "--mode seeded" in p.stdout
+    assert not (tmp_path / "paper" / "stages").exists()  # nothing ran
