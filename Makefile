@@ -23,8 +23,10 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
+BENCHES := dyadic train generate simulate prepare topic_diversity
+
 bench: setup
-	$(BIN)/python -m bench.run_all
+	set -e; for b in $(BENCHES); do echo "== bench_$$b"; $(BIN)/python -m bench.bench_$$b; done
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from model.conversation import (BadRecord, BadRecordSummary, Conversation, iter_conversations, parse_record,
-                                read_json_records, write_json_array, write_jsonl)
+                                write_json_array, write_jsonl)
 
 FORMATS = ("sharegpt", "messages", "hf")
 
@@ -103,18 +103,6 @@ def _write_hf(path, convs: Iterable[Conversation]) -> int:
 def iter_converted(path: str | os.PathLike, convert: Callable[[Any, int, str], Conversation], strict: bool = False,
                    summary: BadRecordSummary | None = None) -> Iterator[Conversation]:
     """Stream raw records of a JSON array/JSONL file through ``convert`` (which raises BadRecord to skip one)."""
-    summary = summary if summary is not None else BadRecordSummary()
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    try:
-        for index, raw in enumerate(read_json_records(path)):
-            try:
-                yield convert(raw, index, str(path))
-            except BadRecord as err:
-                if strict:
-                    raise
-                summary.add(err)
-    except BadRecord as err:  # the file itself is unreadable past this point
-        if strict:
-            raise
-        summary.add(err)
+    return iter_conversations(path, strict, summary, parse=lambda raw, i, f: convert(raw, i, str(f)))

@@ -167,13 +167,17 @@ class BadRecordSummary:
 
 
 def iter_conversations(path: str | os.PathLike, strict: bool = False,
-                       summary: BadRecordSummary | None = None) -> Iterator[Conversation]:
-    """Stream the Conversations of a file; bad records are skipped into ``summary`` (or raised if strict)."""
+                       summary: BadRecordSummary | None = None, parse=parse_record) -> Iterator[Conversation]:
+    """Stream the Conversations of a file; bad records are skipped into ``summary`` (or raised if strict).
+
+    ``parse(raw, index, file)`` turns a raw record into a Conversation or raises BadRecord; other corpus
+    formats (UltraChat, Baize, Dolly ...) pass their own.
+    """
     summary = summary if summary is not None else BadRecordSummary()
     try:
         for index, raw in enumerate(read_json_records(path)):
             try:
-                yield parse_record(raw, index, path)
+                yield parse(raw, index, path)
             except BadRecord as err:
                 if strict:
                     raise

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
-import json
 import logging
 import os
 import socket
@@ -131,9 +130,9 @@ def make_app(args) -> FastAPI:
         last = str(turns[-1].get("content", "")) if turns else ""
         if args.role == "human":
             n = sum(m["role"] == "assistant" for m in turns) + 1
-            words = [f"Question", f"{n}:"] + _words(args.answer_words, f"q{n}|{last}") + ["?"]
+            words = ["Question", f"{n}:"] + _words(args.answer_words, f"q{n}|{last}") + ["?"]
         else:
-            words = [f"Answer", f"{n_user}:"] + _words(args.answer_words, f"a{n_user}|{last}") + ["."]
+            words = ["Answer", f"{n_user}:"] + _words(args.answer_words, f"a{n_user}|{last}") + ["."]
         finish = "stop"
         limit = body.get("max_tokens") or body.get("max_completion_tokens")
         if limit and len(words) > limit:

@@ -369,3 +369,20 @@ def test_served_smollm2_simulator_end_to_end(tmp_path, servers, smollm2_dir):
         assert rec["num_of_rounds"] == 2 and rec["end_reason"] == "max_turns"
         check_alternates(rec)
         assert rec["meta"]["usage"]["simulator_completion_tokens"] > 0
+
+
+def test_an_answer_cut_at_teacher_max_tokens_ends_the_session_unless_kept(tmp_path, servers):
+    servers.append(sim := fault_server(tmp_path, "sim", "--role", "human", "--answer-words", "5"))
+    servers.append(teacher := fault_server(tmp_path, "teacher", "--answer-words", "12"))  # 15 words an answer
+    common = ["--simulator", sim.url, "--teacher-base-url", teacher.url, "--teacher-model", "t",
+              "--num-sessions", "2", "--max-turns", "2", "--teacher-max-tokens", "8"]
+    cut = tmp_path / "cut.jsonl"
+    proc = simulate(tmp_path, *common, "--out", str(cut), check=False)
+    assert proc.returncode != 0 and not (cut.exists() and read(cut))  # every answer is cut: no round kept
+    assert {r["end_reason"] for r in read(tmp_path / "cut.skipped.jsonl")} == {"teacher_length"}
+    kept = tmp_path / "kept.jsonl"
+    simulate(tmp_path, *common, "--keep-truncated-answers", "--out", str(kept))
+    for rec in read(kept):
+        assert (rec["num_of_rounds"], rec["end_reason"]) == (2, "max_turns")
+        assert all(len(c["value"].split()) == 8 for c in rec["conversations"][1::2])
+        assert rec["meta"]["usage"]["answers_cut_at_max_tokens"] == 2
