@@ -15,8 +15,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sys
 from pathlib import Path
+
+from model.conversation import BadRecord, read_append_log
 
 
 class CorruptStore(ValueError):
@@ -28,32 +29,16 @@ def side_file(out: Path, kind: str) -> Path:
     return out.with_suffix(f".{kind}.jsonl") if out.suffix else out.with_name(f"{out.name}.{kind}.jsonl")
 
 
-def read_lines_cut_torn(path: Path, warn=None) -> list[dict]:
-    """The JSON records of a JSONL file written line by line; a torn (unterminated) last line is
-    removed from the file, any other bad line is an error naming the file and line."""
-    warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
-    if not path.exists():
-        return []
-    data = path.read_bytes()
-    end = data.rfind(b"\n") + 1
-    if end < len(data):
-        warn(f"{path}: removing a torn last line ({len(data) - end} bytes) left by an interrupted run")
-        with open(path, "r+b") as f:
-            f.truncate(end)
-            f.flush()
-            os.fsync(f.fileno())
-    records = []
-    for lineno, line in enumerate(data[:end].splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise CorruptStore(f"{path}: line {lineno}: not JSON ({err}); this file was not written by "
-                               f"data.simulate or was edited; fix or move it") from None
+def read_records(path: Path) -> list[dict]:
+    """The records of one of the store's files (a torn last line is cut off); each needs a string id."""
+    try:
+        records = read_append_log(path)
+    except BadRecord as err:
+        raise CorruptStore(f"{err}; this file was not written by data.simulate or was edited; "
+                           f"fix or move it") from None
+    for lineno, rec in enumerate(records, 1):
         if not isinstance(rec, dict) or not isinstance(rec.get("id"), str):
-            raise CorruptStore(f"{path}: line {lineno}: expected an object with a string 'id'")
-        records.append(rec)
+            raise CorruptStore(f"{path}: record {lineno}: expected an object with a string 'id'")
     return records
 
 
@@ -65,15 +50,15 @@ class SessionStore:
         self.skipped_path = side_file(self.out, "skipped")
         self.failed_path = side_file(self.out, "failed")
         self.out.parent.mkdir(parents=True, exist_ok=True)
-        finished = read_lines_cut_torn(self.out)
+        finished = read_records(self.out)
         self.finished: dict[str, dict] = {}
         for rec in finished:
             if rec["id"] in self.finished:
                 raise CorruptStore(f"{self.out}: session {rec['id']!r} appears twice")
             self.finished[rec["id"]] = rec
-        self.skipped = {rec["id"]: rec for rec in read_lines_cut_torn(self.skipped_path)}
+        self.skipped = {rec["id"]: rec for rec in read_records(self.skipped_path)}
         # failures of the previous run: not finished, so they are simply tried again now
-        self.previously_failed = {rec["id"]: rec for rec in read_lines_cut_torn(self.failed_path)
+        self.previously_failed = {rec["id"]: rec for rec in read_records(self.failed_path)
                                   if rec["id"] not in self.finished}
         self.failed_path.unlink(missing_ok=True)
         self._queue: asyncio.Queue | None = None

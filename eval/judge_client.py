@@ -10,7 +10,7 @@ Every paid evaluation (MT-Bench answers and judgments, question-quality judgment
   result to a callback as soon as it is done, so finished work is written before the next one ends;
   a job that still fails after its retries is counted and reported, never retried forever.
 * :class:`JsonlLog` is an append-only JSONL file: each finished record is one flushed line, so a crash
-  or Ctrl-C loses at most the line being written, and a cut-off last line is dropped on the next read.
+  or Ctrl-C loses at most the line being written, and a torn last line is cut off on the next read (`model.conversation.read_append_log`).
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Iterable
 
 from data.retry import MalformedResponse, RetryPolicy, call_with_retries
-from model.conversation import atomic_write
+from model.conversation import BadRecord, atomic_write, read_append_log
 
 DEFAULT_KEY_ENV = "OPENAI_API_KEY"
 
@@ -125,24 +125,11 @@ class JsonlLog:
         self.path = Path(path)
 
     def read(self) -> list[dict]:
-        """All complete records; a cut-off or broken last line is removed from the file (atomically)."""
-        if not self.path.exists():
-            return []
-        lines = self.path.read_text(encoding="utf-8").splitlines()
-        records, bad = [], []
-        for i, line in enumerate(lines):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                bad.append(i)
-        if bad == [len(lines) - 1]:
-            print(f"warning: {self.path}: dropping a cut-off last line", file=sys.stderr)
-            atomic_write(self.path, lambda f: f.writelines(line + "\n" for line in lines[:-1]))
-        elif bad:
-            raise SetupError(f"{self.path}: line {bad[0] + 1} is not JSON (the file is damaged)")
-        return records
+        """All complete records; a torn last line left by a crash is removed from the file."""
+        try:
+            return read_append_log(self.path)
+        except BadRecord as err:
+            raise SetupError(str(err)) from None
 
     def append(self, record: dict) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

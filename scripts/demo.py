@@ -32,6 +32,7 @@ PY = sys.executable
 class Scale:
     """Sizes of one pipeline run; ``paper`` is the configuration of the paper (4xA100, 7B models)."""
     base_model: str              # Socratic and PlatoLM start from it (the paper: LLaMA-1-7B / Llama-2-7B)
+    template: str                # dyadic (the paper's) or chat (the base model's own chat template)
     teacher_model: str           # served locally unless TEACHER names a remote model
     teacher_template: str
     conversations: int           # ShareGPT conversations taken in
@@ -48,10 +49,11 @@ class Scale:
 
 
 SCALES = {
-    "cpu": Scale("smollm2", "smollm2", "chat", 300, 4000, 384, 30, 2, 6, 3, 64, 128, 3, True),
-    "tiny": Scale("", "", "dyadic", 24, 1000, 1024, 4, 2, 2, 2, 12, 24, 2, False),
-    "paper": Scale("huggyllama/llama-7b", "gpt-3.5-turbo", "chat", 90_665, 0, 2048, 0, 4, 50_730, 0, 512, 0,
-                   80, False),
+    # SmolLM2-Instruct trains and asks far better in its native chat format than in the dyadic one
+    "cpu": Scale("smollm2", "chat", "smollm2", "chat", 300, 4000, 384, 30, 2, 6, 3, 64, 128, 3, True),
+    "tiny": Scale("", "dyadic", "", "dyadic", 24, 1000, 1024, 4, 2, 2, 2, 12, 24, 2, False),
+    "paper": Scale("huggyllama/llama-7b", "dyadic", "gpt-3.5-turbo", "chat", 90_665, 0, 2048, 0, 4, 50_730, 0, 512,
+                   0, 80, False),
 }
 
 
@@ -151,7 +153,8 @@ def train_cmd(p: Pipeline, package: str, data: Path, out: Path) -> list:
         base = {"socratic": "huggyllama/llama-7b", "platolm": "meta-llama/Llama-2-7b-hf"}[package]
         return ["env", f"MODEL={base}", f"DATA={data}", f"OUT={out}", "bash", f"scripts/sft_{package}_7b.sh"]
     cmd = [PY, "-m", f"model.sft_{package}.train", "--model_name_or_path", s.base_model, "--data_path", data,
-           "--output_dir", out, "--model_max_length", s.max_length, "--max_steps", s.train_steps,
+           "--output_dir", out, "--template", s.template, "--model_max_length", s.max_length,
+           "--max_steps", s.train_steps,
            "--per_device_train_batch_size", s.train_batch, "--learning_rate", "2e-4" if s.lora else "1e-3",
            "--logging_steps", 1, "--save_steps", 10, "--use_cpu", "--report_to", "none"]
     return cmd + (["--lora", "true"] if s.lora else [])
@@ -193,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
                 take_sharegpt(source, scale.conversations, scale.max_chars, raw)
             p.run(PY, "-m", "data.prepare", "clean", "--in", raw, "--out", clean, "--report", p.results / "clean.json")
             p.run(PY, "-m", "data.prepare", "split", "--in", clean, "--out", split, "--tokenizer", tok,
-                  "--max-length", scale.max_length, "--report", p.results / "split.json")
+                  "--template", scale.template, "--max-length", scale.max_length, "--report", p.results / "split.json")
             # seeds from the split segments, whose first rounds fit the context; spares for the ones that don't
             p.run(PY, "-m", "data.prepare", "seeds", "--in", split, "--out", seeds, "--source", "sharegpt",
                   "--n", 4 * scale.sessions)
@@ -206,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         if todo:
             with p.teacher() as (url, teacher):
                 for mode, dest in (("free", free), ("seeded", seeded)):
-                    p.run(PY, "-m", "data.simulate", "--simulator", socratic, "--teacher-base-url", url,
+                    p.run(PY, "-m", "data.simulate", "--simulator", socratic, "--template", scale.template,
+                          "--teacher-base-url", url,
                           "--teacher-model", teacher, "--mode", mode, *(["--seeds", seeds] if mode == "seeded" else []),
                           "--num-sessions", scale.sessions, *(["--max-turns", scale.max_turns] if scale.max_turns else []),
                           "--max-new-tokens", scale.max_new_tokens,
@@ -236,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
             bench, model_id = p.results / "mt_bench", f"platolm-{args.scale}"
             p.run(PY, "-m", "eval.mt_bench", "answer", "--model-path", platolm, "--model-id", model_id,
                   "--bench-dir", bench, "--question-file", mt_bench_questions(),
-                  "--question-end", scale.mt_bench_questions, "--max-new-tokens", scale.max_new_tokens)
+                  "--template", scale.template, "--question-end", scale.mt_bench_questions,
+                  "--max-new-tokens", scale.max_new_tokens)
             if os.environ.get("JUDGE_MODEL"):
                 p.run(PY, "-m", "eval.mt_bench", "judge", "--bench-dir", bench, "--question-file", mt_bench_questions(),
                       "--judge-model", os.environ["JUDGE_MODEL"], "--model-list", model_id,

@@ -252,7 +252,7 @@ def test_store_cuts_a_torn_last_line_and_keeps_the_rest(tmp_path):
     assert set(store.finished) == {"free-000000", "free-000001"}
     assert out.read_text().endswith('"free"}\n')
     out.write_text('{"id": "a"}\nnot json\n')
-    with pytest.raises(ValueError, match=r"s\.jsonl: line 2: not JSON"):
+    with pytest.raises(ValueError, match=r"s\.jsonl: record 'line 2': not JSON"):
         SessionStore(out)
 
 
