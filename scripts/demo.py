@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from model.assets import sharegpt_file
+from model.conversation import atomic_write
 
 PY = sys.executable
 
@@ -254,8 +255,45 @@ def main(argv: list[str] | None = None) -> int:
             if not args.dry_run:
                 collect_loss_plots(p.results / "figures" / "training", {"Socratic": socratic, "PlatoLM": platolm})
             p.run(PY, "-m", "eval.tables", "--results", p.results, "--out", out / "REPORT.md")
+            if not args.dry_run:
+                prepend_summary(out / "REPORT.md", args.scale, scale, p)
     print(f"\nreport: {out / 'REPORT.md'}")
     return 0
+
+
+def excerpt(text: str, n: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[:n] + " …"
+
+
+def prepend_summary(report: Path, name: str, scale: Scale, p: Pipeline) -> None:
+    """Put what ran on top of the tables: settings, cleaning counts, one generated session, one answer."""
+    res, out = p.results, p.out
+    lines = [f"# PlatoLM pipeline run: `--scale {name}`", "",
+             f"Base model `{scale.base_model}` ({scale.template} template), teacher "
+             f"`{os.environ.get('TEACHER') or scale.teacher_model}`; {scale.train_steps} training steps per model"
+             f"{' (LoRA)' if scale.lora else ''}, context {scale.max_length} tokens.", "",
+             "| stage | seconds |", "|---|---|"]
+    lines += [f"| {m.name} | {json.loads(m.read_text())['seconds']} |" for m in sorted(p.stages.iterdir())]
+    if (res / "clean.json").exists():
+        counts = json.loads((res / "clean.json").read_text())
+        read, kept = counts.pop("read", "?"), counts.pop("kept", "?")
+        lines += ["", f"Cleaning ShareGPT: {read} records read; removed by each step: "
+                  + ", ".join(f"{k} {v}" for k, v in counts.items()) + f"; {kept} kept."]
+    first = (out / "socraticchat_free.jsonl").read_text().splitlines()[:1]
+    if first:
+        rec = json.loads(first[0])
+        lines += ["", f"A SocraticChat session (`{rec['id']}`, rounds: {rec['num_of_rounds']}, ended by "
+                      f"`{rec['end_reason']}`):", ""]
+        lines += [f"> **{'Socratic' if t['from'] == 'human' else 'teacher'}**: {excerpt(t['value'])}  "
+                  for t in rec["conversations"]]
+    answers = res / "mt_bench" / "model_answer" / f"platolm-{name}.jsonl"
+    if answers.exists():
+        ans = json.loads(answers.read_text().splitlines()[0])
+        lines += ["", f"PlatoLM's answer to MT-Bench question {ans['question_id']} (turn 1): "
+                      f"{excerpt(ans['choices'][0]['turns'][0])}"]
+    body = report.read_text()
+    atomic_write(report, lambda f: f.write("\n".join(lines) + "\n\n" + body))
 
 
 def collect_loss_plots(dest: Path, runs: dict[str, Path]) -> None:

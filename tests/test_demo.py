@@ -50,6 +50,7 @@ def test_tiny_demo_end_to_end_and_resume(tmp_path, tiny_dir):
     answers = jsonl(results / "mt_bench" / "model_answer" / "platolm-tiny.jsonl")
     assert len(answers) == 2 and all(len(a["choices"][0]["turns"]) == 2 for a in answers)
     report = (out / "REPORT.md").read_text()
+    assert report.startswith("# PlatoLM pipeline run: `--scale tiny`") and "A SocraticChat session" in report
     assert "### Question quality" in report and "### Corpus statistics" in report
     assert "Socratic_loss.png" in report and (results / "figures" / "training" / "Socratic_loss.png").exists()
 
