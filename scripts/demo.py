@@ -238,14 +238,19 @@ def main(argv: list[str] | None = None) -> int:
                 p.run(PY, "-m", "data.prepare", "stats", "--in", data, "--tokenizer", tok, "--json",
                       "--plots", p.results / "figures" / f"lengths_{name}",
                       stdout=p.results / "corpus_stats" / f"{name}.json")
-            bench, model_id = p.results / "mt_bench", f"platolm-{args.scale}"
+            # answers (and judgments) go to the run's results; questions, prompts and references come from
+            # the MT-Bench data that `make setup` fetched
+            bench, model_id, data = p.results / "mt_bench", f"platolm-{args.scale}", mt_bench_data()
+            questions = ["--question-file", data / "question.jsonl", "--question-end", scale.mt_bench_questions]
             p.run(PY, "-m", "eval.mt_bench", "answer", "--model-path", platolm, "--model-id", model_id,
-                  "--bench-dir", bench, "--question-file", mt_bench_questions(),
-                  "--template", scale.template, "--question-end", scale.mt_bench_questions,
+                  "--bench-dir", bench, *questions, "--template", scale.template,
                   "--max-new-tokens", scale.max_new_tokens)
-            if os.environ.get("JUDGE_MODEL"):
-                p.run(PY, "-m", "eval.mt_bench", "judge", "--bench-dir", bench, "--question-file", mt_bench_questions(),
-                      "--judge-model", os.environ["JUDGE_MODEL"], "--model-list", model_id,
+            judge = os.environ.get("JUDGE_MODEL")
+            if judge:
+                p.run(PY, "-m", "eval.mt_bench", "judge", "--bench-dir", bench, *questions,
+                      "--judge-prompts", data / "judge_prompts.jsonl", "--ref-answer-dir", data / "reference_answer",
+                      "--judge-model", judge, "--model-list", model_id,
+                      "--output-file", bench / f"{judge.replace('/', '_')}_single.jsonl",
                       *(["--judge-base-url", os.environ["JUDGE_BASE_URL"]] if os.environ.get("JUDGE_BASE_URL") else []))
             else:
                 print("MT-Bench judging skipped: set JUDGE_MODEL (and JUDGE_BASE_URL / OPENAI_API_KEY) to judge")
@@ -306,10 +311,10 @@ def collect_loss_plots(dest: Path, runs: dict[str, Path]) -> None:
             shutil.copy(png, dest / f"{name}_{png.name}")
 
 
-def mt_bench_questions() -> Path:
+def mt_bench_data() -> Path:
     from eval.mt_bench import DEFAULT_BENCH_DIR
 
-    return Path(DEFAULT_BENCH_DIR) / "question.jsonl"
+    return Path(DEFAULT_BENCH_DIR)
 
 
 if __name__ == "__main__":

@@ -65,3 +65,26 @@ def test_paper_scale_dry_run_prints_the_launch_commands(tmp_path):
     assert "bash scripts/sft_socratic_7b.sh" in p.stdout and "bash scripts/sft_platolm_7b.sh" in p.stdout
     assert "--max-context 2048" in p.stdout and "--mode seeded" in p.stdout
     assert not (tmp_path / "paper" / "stages").exists()  # nothing ran
+
+
+def test_tiny_demo_with_a_remote_teacher_and_judge(tmp_path, tiny_dir):
+    """TEACHER / JUDGE_MODEL switch the demo to OpenAI-compatible endpoints (here a local fault-free server)."""
+    from tests.test_simulate import fault_server
+
+    server = fault_server(tmp_path, "remote", "--answer-words", "10")
+    try:
+        env = dict(env_offline(), TEACHER="remote-teacher", TEACHER_BASE_URL=server.url,
+                   JUDGE_MODEL="remote-judge", JUDGE_BASE_URL=server.url)
+        out = tmp_path / "demo"
+        p = subprocess.run([PYTHON, "-m", "scripts.demo", "--scale", "tiny", "--base-model", str(tiny_dir),
+                            "--out", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    finally:
+        server.stop()
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "model.serve" not in p.stdout  # no local teacher was started
+    for mode in ("free", "seeded"):
+        sessions = jsonl(out / f"socraticchat_{mode}.jsonl")
+        assert sessions and all(s["meta"]["teacher_model"] == "remote-teacher" for s in sessions)
+        assert all(t["value"].startswith("Answer") for s in sessions for t in s["conversations"][1 + (mode == "seeded") * 2::2])
+    judgments = jsonl(out / "results" / "mt_bench" / "remote-judge_single.jsonl")
+    assert {j["question_id"] for j in judgments} == {81, 82} and {j["turn"] for j in judgments} == {1, 2}
