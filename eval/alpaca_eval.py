@@ -24,7 +24,7 @@ import json
 import sys
 from pathlib import Path
 
-from eval.judge_client import DEFAULT_KEY_ENV, SetupError, make_client, run_jobs
+from eval.judge_client import DEFAULT_KEY_ENV, SetupError, make_client, run_command, run_jobs
 from model.conversation import BadRecord, atomic_write, read_json_records, write_json_array
 
 HUB_REPO, HUB_FILE = "tatsu-lab/alpaca_eval", "alpaca_eval.json"
@@ -185,12 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except SetupError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return run_command(build_parser(), argv)
 
 
 if __name__ == "__main__":

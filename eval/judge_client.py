@@ -28,6 +28,16 @@ from model.conversation import BadRecord, atomic_write, read_append_log
 DEFAULT_KEY_ENV = "OPENAI_API_KEY"
 
 
+def run_command(parser, argv: list[str] | None = None) -> int:
+    """Run an eval CLI's chosen sub-command; a SetupError (missing input, no package) is one line, exit 2."""
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except SetupError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
 class SetupError(RuntimeError):
     """Something is missing before any request is made (files, key, ...); the message says what."""
 

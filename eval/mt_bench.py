@@ -35,7 +35,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from eval.judge_client import DEFAULT_KEY_ENV, JsonlLog, SetupError, make_client, run_jobs
+from eval.judge_client import DEFAULT_KEY_ENV, JsonlLog, SetupError, make_client, run_command, run_jobs
 from model.conversation import read_json_records
 
 DEFAULT_BENCH_DIR = Path(__file__).resolve().parent / "data" / "mt_bench"
@@ -575,12 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except SetupError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return run_command(build_parser(), argv)
 
 
 if __name__ == "__main__":
