@@ -1,80 +1,38 @@
 """The two sides of a SocraticChat session: the user simulator that asks and the teacher that answers.
 
-Both take the conversation so far (a list of ``Turn``) and return a :class:`Reply`. The simulator is
-either an OpenAI-compatible endpoint (``model.serve --role human``, or vLLM) or a model loaded in
-this process, whose next questions for all waiting sessions are generated in one batch. When the
-next turn no longer fits, they raise :class:`EndOfSession` instead of returning text.
+Each takes the conversation so far (a list of ``Turn``). A simulator returns the next
+:class:`~data.end_rules.Question` with its token counts (the session applies the end rule); the
+teacher returns the next answer. Either raises :class:`~data.end_rules.EndOfSession` when the
+session cannot go on. Simulators (``--simulator-kind``):
 
-The context-budget rule (the paper's session end): the simulator's next question must fit in
-``max_context`` tokens together with the conversation. If it does not, the question is discarded;
-if even the conversation so far (the prompt) does not fit, the last round goes too, so that every
-kept conversation fits the budget.
+* ``socratic`` at an endpoint (:class:`SocraticEndpoint`): ``model.serve --role human``, or vLLM serving
+  a Socratic checkpoint (its chat template opens a human turn). Messages are the conversation as it
+  is (``user`` = the human's turns, ``assistant`` = the answers); the reply is the next human turn.
+* ``socratic`` loaded here (:class:`LocalSimulator`): the next questions of all sessions waiting
+  within a few milliseconds of each other are generated in one batched call, in a worker thread.
+* ``roleplay`` (:class:`RoleplaySimulator`): static role-play, the paper's baseline: a general chat
+  model is told by a role-play prompt (its system message, holding the transcript so far) to write
+  the human's next message.
 """
 from __future__ import annotations
 
 import asyncio
+import re
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from pathlib import Path
+from typing import Sequence
 
 import openai
 
-from model.conversation import HUMAN, TO_OPENAI_ROLE, Turn
-from model.generate import ContextOverflow
-from data.retry import MalformedResponse, RateLimiter, RetryPolicy, call_with_retries
+from model.conversation import GPT, HUMAN, TO_OPENAI_ROLE, Turn
+from model.dyadic import SOCRATIC_SYSTEM
+from model.endpoint import Endpoint, is_context_exceeded
+from model.runner import UsageError
+from data.end_rules import EndOfSession, EndRule, Question, TokenCounter
 
-
-@dataclass
-class Reply:
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    truncated: bool = False  # cut at max_new_tokens (not by the context): kept, but counted
-
-
-class EndOfSession(Exception):
-    """The session ends here; ``drop_last_round`` when the conversation itself no longer fits."""
-
-    def __init__(self, reason: str, drop_last_round: bool = False):
-        self.reason, self.drop_last_round = reason, drop_last_round
-        super().__init__(reason)
-
-
-def to_messages(turns: Sequence[Turn], system: str | None) -> list[dict]:
-    msgs = [{"role": "system", "content": system}] if system is not None else []
-    return msgs + [{"role": TO_OPENAI_ROLE[t.role], "content": t.text} for t in turns]
-
-
-def is_context_exceeded(err: BaseException) -> bool:
-    """A 400 saying the prompt does not fit: OpenAI's code, or vLLM's message (vLLM sends no code)."""
-    return isinstance(err, openai.BadRequestError) and (
-        getattr(err, "code", None) == "context_length_exceeded"
-        or "maximum context length" in str(getattr(err, "message", "")).lower())
-
-
-def parse_completion(resp) -> tuple[str, str | None, int | None, int | None]:
-    """(text, finish_reason, prompt_tokens, completion_tokens) of a chat completion, or MalformedResponse."""
-    try:
-        choice = resp.choices[0]
-        text, finish = choice.message.content, choice.finish_reason
-    except (AttributeError, IndexError, TypeError, KeyError):
-        raise MalformedResponse("the reply has no choices[0].message") from None
-    if not isinstance(text, str) or not text.strip():
-        raise MalformedResponse("the reply's message has no text")
-    usage = getattr(resp, "usage", None)
-    return text, finish, getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None)
-
-
-def judge_question(text: str, finish: str | None, prompt_tokens: int | None, completion_tokens: int | None,
-                   max_new_tokens: int, max_context: int) -> Reply:
-    """Apply the context-budget rule to a generated question (see the module docstring)."""
-    if prompt_tokens is not None and prompt_tokens >= max_context:
-        raise EndOfSession("context_full", drop_last_round=True)
-    if finish == "length" and (completion_tokens is None or completion_tokens < max_new_tokens):
-        raise EndOfSession("context_full")  # the server's context, not max_new_tokens, cut it
-    if prompt_tokens is not None and completion_tokens is not None \
-            and prompt_tokens + completion_tokens > max_context:
-        raise EndOfSession("context_full")
-    return Reply(text.strip(), prompt_tokens or 0, completion_tokens or 0, truncated=finish == "length")
+DEFAULT_ROLEPLAY_PROMPT = Path(__file__).resolve().parent / "prompts" / "roleplay.txt"
+CONVERSATION = "{conversation}"
+_SPEAKER_LABEL = re.compile(r"^\s*(?:human|user)\s*:\s*", re.IGNORECASE)
 
 
 @dataclass
@@ -82,62 +40,140 @@ class Sampling:
     temperature: float = 0.7
     top_p: float = 1.0
     max_new_tokens: int = 512
-    max_context: int = 2048
 
 
-class RemoteSimulator:
-    """The simulator behind an OpenAI-compatible endpoint: ``user`` = its questions, ``assistant`` = answers."""
+@dataclass
+class Answer:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    truncated: bool = False  # cut at the teacher's max_tokens and kept (--keep-truncated-answers)
 
-    def __init__(self, client: openai.AsyncOpenAI, model: str, sampling: Sampling, policy: RetryPolicy,
+
+def to_messages(turns: Sequence[Turn], system: str | None) -> list[dict]:
+    msgs = [{"role": "system", "content": system}] if system is not None else []
+    return msgs + [{"role": TO_OPENAI_ROLE[t.role], "content": t.text} for t in turns]
+
+
+class SocraticEndpoint:
+    """A Socratic simulator behind an OpenAI-compatible endpoint (one or several base URLs)."""
+
+    kind = "socratic"
+
+    def __init__(self, endpoint: Endpoint, sampling: Sampling, rule: EndRule, counter: TokenCounter | None,
                  system: str | None = None):
-        self.client, self.model, self.sampling, self.policy, self.system = client, model, sampling, policy, system
+        self.endpoint, self.sampling, self.rule, self.counter = endpoint, sampling, rule, counter
+        # Socratic's paper prompt is also what model.serve and the checkpoint's chat template use when a
+        # request has none; sending it always gives a free-mode opening a message to send
+        self.system = SOCRATIC_SYSTEM if system is None else system
 
-    async def ask(self, turns: Sequence[Turn], seed: int, on_retry: Callable | None = None) -> Reply:
-        s = self.sampling
-        messages = to_messages(turns, self.system)
-
-        async def attempt(k: int) -> Reply:
-            resp = await self.client.chat.completions.create(
-                model=self.model, messages=messages, temperature=s.temperature, top_p=s.top_p,
-                max_tokens=s.max_new_tokens, seed=seed + k)
-            return judge_question(*parse_completion(resp), s.max_new_tokens, s.max_context)
-
+    async def ask(self, turns: Sequence[Turn], seed: int) -> Question:
+        s, window = self.sampling, self.rule.window if self.counter is not None else None
         try:
-            return await call_with_retries(attempt, self.policy, "simulator", on_retry)
+            reply = await self.endpoint.chat(
+                to_messages(turns, self.system), allow_empty=True, temperature=s.temperature, top_p=s.top_p,
+                max_tokens=s.max_new_tokens, seed=seed,
+                extra_body={"truncate_prompt_tokens": window} if window else None)
         except openai.BadRequestError as err:
             if is_context_exceeded(err):
-                raise EndOfSession("context_full", drop_last_round=True) from None
+                raise EndOfSession("context_full", drop_last_round=self.rule.name == "fit") from None
             raise
+        served = reply.prompt_tokens or 0
+        whole = len(self.counter.prompt_ids(turns)) if self.counter is not None else served
+        return Question(reply.text.strip(), whole, reply.completion_tokens or 0, reply.finish_reason, served)
 
     async def close(self) -> None:
-        await self.client.close()
+        await self.endpoint.close()
+
+
+class RoleplaySimulator:
+    """Static role-play: a chat model prompted (system message) to write the human's next message."""
+
+    kind = "roleplay"
+
+    def __init__(self, endpoint: Endpoint, sampling: Sampling, prompt: str, counter: TokenCounter | None = None):
+        if CONVERSATION not in prompt:
+            raise UsageError(f"the role-play prompt needs a {CONVERSATION} placeholder for the transcript")
+        self.endpoint, self.sampling, self.prompt, self.counter = endpoint, sampling, prompt, counter
+
+    @classmethod
+    def prompt_from_file(cls, path: str | Path) -> str:
+        path = Path(path)
+        if not path.is_file():
+            raise UsageError(f"{path}: role-play prompt file not found")
+        text = path.read_text(encoding="utf-8")
+        if CONVERSATION not in text:
+            raise UsageError(f"{path}: the role-play prompt needs a {CONVERSATION} placeholder where the "
+                             f"transcript so far goes")
+        return text
+
+    def render(self, turns: Sequence[Turn]) -> str:
+        names = {HUMAN: "User", GPT: "Assistant"}
+        transcript = "\n\n".join(f"{names[t.role]}: {t.text}" for t in turns)
+        return self.prompt.replace(CONVERSATION, transcript or "(The conversation has not started yet.)")
+
+    async def ask(self, turns: Sequence[Turn], seed: int) -> Question:
+        s = self.sampling
+        reply = await self.endpoint.chat([{"role": "system", "content": self.render(turns)}], allow_empty=True,
+                                         temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_new_tokens,
+                                         seed=seed)
+        text = _SPEAKER_LABEL.sub("", reply.text.strip(), count=1).strip()
+        if self.counter is not None:  # the budget in a named tokenizer, e.g. to match a Socratic run
+            return Question(text, len(self.counter.prompt_ids(turns)), self.counter.text_tokens(text),
+                            reply.finish_reason, reply.prompt_tokens)
+        return Question(text, reply.prompt_tokens or 0, reply.completion_tokens or 0, reply.finish_reason,
+                        reply.prompt_tokens)
+
+    async def close(self) -> None:
+        await self.endpoint.close()
+
+
+class Teacher:
+    """Any OpenAI-compatible chat endpoint; it sees the whole conversation, after its system prompt."""
+
+    def __init__(self, endpoint: Endpoint, system: str | None, temperature: float | None,
+                 max_tokens: int | None, keep_truncated: bool = False):
+        self.endpoint, self.system, self.temperature, self.max_tokens = endpoint, system, temperature, max_tokens
+        self.keep_truncated = keep_truncated  # keep answers cut at max_tokens (counted) instead of ending
+
+    async def answer(self, turns: Sequence[Turn]) -> Answer:
+        try:
+            reply = await self.endpoint.chat(to_messages(turns, self.system), temperature=self.temperature,
+                                             max_tokens=self.max_tokens)
+        except openai.BadRequestError as err:
+            if is_context_exceeded(err):
+                raise EndOfSession("teacher_context_full") from None
+            raise
+        truncated = reply.finish_reason == "length" and self.keep_truncated
+        if reply.finish_reason not in (None, "stop") and not truncated:  # "length", "content_filter"
+            raise EndOfSession(f"teacher_{reply.finish_reason}")
+        return Answer(reply.text, reply.prompt_tokens or 0, reply.completion_tokens or 0, truncated)
+
+    async def close(self) -> None:
+        await self.endpoint.close()
 
 
 class LocalSimulator:
-    """The simulator loaded in this process (``model.generate``): the next questions of all sessions
-    waiting within a few milliseconds of each other are generated in one batched call, in a worker
-    thread, so the event loop keeps driving the teacher requests meanwhile."""
+    """A Socratic loaded in this process (``model.generate``), batched across waiting sessions."""
 
-    def __init__(self, generator, sampling: Sampling, policy: RetryPolicy, system: str | None = None,
-                 window_s: float = 0.005, seed: int = 0):
-        self.generator, self.sampling, self.policy, self.system = generator, sampling, policy, system
-        self.window_s, self.seed = window_s, seed
+    kind = "socratic"
+
+    def __init__(self, generator, sampling: Sampling, rule: EndRule, system: str | None = None,
+                 window_s: float = 0.005):
+        self.generator, self.sampling, self.rule, self.window_s = generator, sampling, rule, window_s
+        self.counter = TokenCounter(generator.tokenizer, generator.template, system)
         self.batches = self.requests = 0  # reported at the end: how well the batching worked
-        self.model = getattr(generator, "model_name", "local")
-        self._pending: list[tuple[list[Turn], asyncio.Future]] = []
+        self._pending: list[tuple[list[Turn], int, asyncio.Future]] = []
         self._wakeup = asyncio.Event()
         self._loop_task: asyncio.Task | None = None
 
-    async def ask(self, turns: Sequence[Turn], seed: int, on_retry: Callable | None = None) -> Reply:
-        async def attempt(k: int) -> Reply:
-            fut = asyncio.get_running_loop().create_future()
-            self._pending.append((list(turns), fut))
-            self._wakeup.set()
-            if self._loop_task is None:
-                self._loop_task = asyncio.create_task(self._batch_loop(), name="simulator-batches")
-            return await fut
-
-        return await call_with_retries(attempt, self.policy, "simulator", on_retry)
+    async def ask(self, turns: Sequence[Turn], seed: int) -> Question:
+        fut = asyncio.get_running_loop().create_future()
+        self._pending.append((list(turns), seed, fut))
+        self._wakeup.set()
+        if self._loop_task is None:
+            self._loop_task = asyncio.create_task(self._batch_loop(), name="simulator-batches")
+        return await fut
 
     async def _batch_loop(self) -> None:
         while True:
@@ -149,40 +185,33 @@ class LocalSimulator:
                 continue
             self.batches += 1
             self.requests += len(batch)
-            try:
-                results = await asyncio.to_thread(self._generate, [t for t, _ in batch],
-                                                  self.seed + self.batches)
+            try:  # one seed per batch: the first waiting session's
+                results = await asyncio.to_thread(self._generate, [t for t, _, _ in batch], batch[0][1])
             except Exception as err:  # noqa: BLE001 - handed to every waiting session
                 results = [err] * len(batch)
-            for (_, fut), res in zip(batch, results):
-                if fut.done():
-                    continue
-                if isinstance(res, BaseException):
-                    fut.set_exception(res)
-                else:
-                    fut.set_result(res)
+            for (_, _, fut), res in zip(batch, results):
+                if not fut.done():
+                    fut.set_exception(res) if isinstance(res, BaseException) else fut.set_result(res)
 
-    def _generate(self, conversations: list[list[Turn]], seed: int) -> list[Reply | Exception]:
-        s = self.sampling
-        results: list[Reply | Exception | None] = [None] * len(conversations)
-        prompts, where = [], []
+    def _generate(self, conversations: list[list[Turn]], seed: int) -> list[Question | Exception]:
+        s, rule, limit = self.sampling, self.rule, self.generator.max_context
+        results: list[Question | Exception | None] = [None] * len(conversations)
+        prompts, wholes, where = [], [], []
         for i, turns in enumerate(conversations):
-            try:
-                prompts.append(self.generator.prompt_ids(turns, HUMAN, self.system))
-                where.append(i)
-            except ContextOverflow:
-                results[i] = EndOfSession("context_full", drop_last_round=True)
+            whole = self.counter.prompt_ids(turns)
+            given = whole[-rule.window:] if rule.window else whole
+            if len(given) >= limit or (rule.name == "fit" and len(whole) >= rule.max_context):
+                results[i] = EndOfSession("context_full", drop_last_round=rule.name == "fit")
+                continue
+            prompts.append(given)
+            wholes.append(len(whole))
+            where.append(i)
         if prompts:
             outs = self.generator.generate_ids(prompts, temperature=s.temperature, top_p=s.top_p,
                                                max_new_tokens=s.max_new_tokens, seed=seed)
-            for i, out in zip(where, outs):
-                try:
-                    if not out.text.strip():
-                        raise MalformedResponse("the simulator wrote an empty question")
-                    results[i] = judge_question(out.text, out.finish_reason, out.prompt_tokens,
-                                                out.completion_tokens, s.max_new_tokens, s.max_context)
-                except (EndOfSession, MalformedResponse) as err:
-                    results[i] = err
+            for i, whole, out in zip(where, wholes, outs):
+                results[i] = Question(out.text.strip(), whole, out.completion_tokens, out.finish_reason,
+                                      out.prompt_tokens)
         return results
 
     async def close(self) -> None:
@@ -192,48 +221,3 @@ class LocalSimulator:
                 await self._loop_task
             except asyncio.CancelledError:
                 pass
-
-
-class Teacher:
-    """Any OpenAI-compatible chat endpoint; it sees the whole conversation, after its system prompt."""
-
-    def __init__(self, client: openai.AsyncOpenAI, model: str, system: str | None, temperature: float | None,
-                 max_tokens: int | None, policy: RetryPolicy, limiter: RateLimiter, keep_truncated: bool = False):
-        self.client, self.model, self.system = client, model, system
-        self.temperature, self.max_tokens, self.policy, self.limiter = temperature, max_tokens, policy, limiter
-        self.keep_truncated = keep_truncated  # keep answers cut at max_tokens (counted) instead of ending
-
-    async def answer(self, turns: Sequence[Turn], on_retry: Callable | None = None) -> Reply:
-        messages = to_messages(turns, self.system)
-        # the rate limiter needs a guess before the call: ~4 characters a token, plus the answer
-        estimate = sum(len(m["content"]) for m in messages) // 4 + (self.max_tokens or 512)
-        extra = {}
-        if self.temperature is not None:
-            extra["temperature"] = self.temperature
-        if self.max_tokens is not None:
-            extra["max_tokens"] = self.max_tokens
-
-        async def attempt(k: int) -> Reply:
-            await self.limiter.acquire(estimate)
-            used = estimate
-            try:
-                resp = await self.client.chat.completions.create(model=self.model, messages=messages, **extra)
-                usage = getattr(resp, "usage", None)
-                used = getattr(usage, "total_tokens", None) or used
-                text, finish, p, c = parse_completion(resp)
-            finally:
-                self.limiter.settle(estimate, used)
-            truncated = finish == "length" and self.keep_truncated and bool(text.strip())
-            if finish not in (None, "stop") and not truncated:  # "length", "content_filter": not usable
-                raise EndOfSession(f"teacher_{finish}")
-            return Reply(text, p or 0, c or 0, truncated=truncated)
-
-        try:
-            return await call_with_retries(attempt, self.policy, "teacher", on_retry)
-        except openai.BadRequestError as err:
-            if is_context_exceeded(err):
-                raise EndOfSession("teacher_context_full") from None
-            raise
-
-    async def close(self) -> None:
-        await self.client.close()

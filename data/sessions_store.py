@@ -6,21 +6,21 @@
 * ``OUT.failed.jsonl``: sessions of the latest run that ran out of retries, with the reason; they are
   not finished, so the next run tries them again.
 
-Every line is written by one writer task, flushed and fsynced before the next, so a crash (even
-``kill -9``) loses at most the line being written. A torn last line is cut off when the store is
-opened, and everything before it counts as done.
+All three are ``model.appendlog.AppendLog`` files, appended by one writer task (the fsync stays off
+the event loop), so a crash (even ``kill -9``) loses at most the line being written; a torn last line
+is cut off when the store is opened, and everything before it counts as done.
 """
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 from pathlib import Path
 
-from model.conversation import BadRecord, read_append_log
+from model.appendlog import AppendLog
+from model.conversation import BadRecord
+from model.runner import UsageError
 
 
-class CorruptStore(ValueError):
+class CorruptStore(UsageError):
     pass
 
 
@@ -32,7 +32,7 @@ def side_file(out: Path, kind: str) -> Path:
 def read_records(path: Path) -> list[dict]:
     """The records of one of the store's files (a torn last line is cut off); each needs a string id."""
     try:
-        records = read_append_log(path)
+        records = AppendLog(path).read()
     except BadRecord as err:
         raise CorruptStore(f"{err}; this file was not written by data.simulate or was edited; "
                            f"fix or move it") from None
@@ -45,7 +45,7 @@ def read_records(path: Path) -> list[dict]:
 class SessionStore:
     """What is finished, skipped and failed, and the one writer that appends to those files."""
 
-    def __init__(self, out: str | os.PathLike):
+    def __init__(self, out: str | Path):
         self.out = Path(out)
         self.skipped_path = side_file(self.out, "skipped")
         self.failed_path = side_file(self.out, "failed")
@@ -63,7 +63,7 @@ class SessionStore:
         self.failed_path.unlink(missing_ok=True)
         self._queue: asyncio.Queue | None = None
         self._task: asyncio.Task | None = None
-        self._files: dict[Path, object] = {}
+        self._logs = {path: AppendLog(path) for path in (self.out, self.skipped_path, self.failed_path)}
 
     def modes(self) -> set[str]:
         return {rec.get("mode") for rec in self.finished.values()}
@@ -85,23 +85,14 @@ class SessionStore:
         self._put(self.failed_path, record)
 
     def _put(self, path: Path, record: dict) -> None:
-        line = json.dumps(record, ensure_ascii=False) + "\n"
-        self._queue.put_nowait((path, line))
-
-    def _append(self, path: Path, line: str) -> None:
-        f = self._files.get(path)
-        if f is None:
-            f = self._files[path] = open(path, "a", encoding="utf-8")
-        f.write(line)
-        f.flush()
-        os.fsync(f.fileno())
+        self._queue.put_nowait((path, record))
 
     async def _write_loop(self) -> None:
         while True:
-            path, line = await self._queue.get()
+            path, record = await self._queue.get()
             try:
                 # fsync can take milliseconds: keep it off the event loop that drives the sessions
-                await asyncio.to_thread(self._append, path, line)
+                await asyncio.to_thread(self._logs[path].append, record)
             finally:
                 self._queue.task_done()
 
@@ -119,6 +110,5 @@ class SessionStore:
             except asyncio.CancelledError:
                 pass
             self._task = None
-        for f in self._files.values():
-            f.close()
-        self._files.clear()
+        for log in self._logs.values():
+            log.close()

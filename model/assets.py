@@ -82,8 +82,17 @@ def smollm2_dir() -> Path:
 
 
 def resolve(name_or_path: str | os.PathLike) -> str:
-    """Map the ``smollm2`` alias to its cached checkpoint; anything else is returned unchanged."""
-    return str(smollm2_dir()) if str(name_or_path) == SMOLLM2 else str(name_or_path)
+    """Map the ``smollm2`` alias to its cached checkpoint; a path that is not there is an error naming it.
+
+    Anything that is neither the alias nor an existing path is taken for a hub name (``org/name``).
+    """
+    name = str(name_or_path)
+    if name == SMOLLM2:
+        return str(smollm2_dir())
+    if not Path(name).exists() and (Path(name).is_absolute() or name.startswith((".", "~"))
+                                    or name.count("/") > 1):
+        raise FileNotFoundError(2, "no such model or tokenizer directory (nor a hub name)", name)
+    return name
 
 
 def load_tokenizer(name_or_path: str | os.PathLike):

@@ -11,8 +11,8 @@ notes and prompts to stderr.
 
 Usage::
 
-    python -m model.sft_platolm.cli --model-path smollm2
-    printf 'Hi!\\n/save chat.json\\n' | python -m model.sft_socratic.cli --model-path smollm2
+    python -m model.sft_platolm.cli --model smollm2
+    printf 'Hi!\\n/save chat.json\\n' | python -m model.sft_socratic.cli --model smollm2
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from typing import Callable
 
 from model.conversation import GPT, HUMAN, Conversation, Turn, write_json_array
 from model.dyadic import ROLE_PREFIX, TEMPLATES
+from model.runner import command
 
 CONTINUE = "\\"
 FENCE = '"""'
@@ -167,10 +168,12 @@ class Chat:
                 blocked = False
 
 
+@command
 def main(model_role: str, system_prompt: str, prog: str, argv: list[str] | None = None) -> int:
     who = "the assistant (PlatoLM)" if model_role == GPT else "the human (Socratic user simulator)"
     p = argparse.ArgumentParser(prog=prog, description=f"Chat with a model that plays {who}. {HELP}.")
-    p.add_argument("--model-path", required=True, help="checkpoint dir, hub name, or 'smollm2'")
+    p.add_argument("--model", "--model-path", dest="model", required=True,
+                   help="checkpoint dir, hub name, or 'smollm2'")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
     p.add_argument("--temperature", type=float, default=0.7, help="0 = greedy (default: 0.7)")
     p.add_argument("--top-p", type=float, default=1.0)
@@ -184,11 +187,7 @@ def main(model_role: str, system_prompt: str, prog: str, argv: list[str] | None 
     args = p.parse_args(argv)
     from model.generate import Generator
 
-    try:
-        gen = Generator(args.model_path, args.template, args.device, max_context=args.max_context)
-    except (OSError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    gen = Generator(args.model, args.template, args.device, max_context=args.max_context)
     read = line_reader()
     if sys.stdin.isatty():
         print(f"[{who} is ready; {HELP}]", file=sys.stderr)

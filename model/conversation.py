@@ -188,34 +188,6 @@ def iter_conversations(path: str | os.PathLike, strict: bool = False,
         summary.add(err)
 
 
-def read_append_log(path: str | os.PathLike, warn=None) -> list[Any]:
-    """The records of a JSONL file that a job appends to one fsynced line at a time (its resume state).
-
-    A torn last line (no newline: the process died while writing it) is cut from the file and the
-    rest counts as done; any other unreadable line raises BadRecord naming the file and line.
-    """
-    path = Path(path)
-    warn = warn or (lambda msg: print(f"warning: {msg}", file=sys.stderr))
-    if not path.exists():
-        return []
-    data = path.read_bytes()
-    end = data.rfind(b"\n") + 1
-    if end < len(data):
-        warn(f"{path}: removing a torn last line ({len(data) - end} bytes) left by an interrupted run")
-        with open(path, "r+b") as f:
-            f.truncate(end)
-            f.flush()
-            os.fsync(f.fileno())
-    records = []
-    for lineno, line in enumerate(data[:end].splitlines(), 1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise BadRecord(path, f"line {lineno}", "not JSON", f"{err}; the file was edited or damaged") from None
-    return records
-
-
 def atomic_write(path: str | os.PathLike, write_fn) -> None:
     """Write a file through ``write_fn(fileobj)`` into a temp file, then rename: never half-written."""
     path = Path(path)

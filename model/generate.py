@@ -8,7 +8,9 @@ simulator asking) or ``gpt`` (the PlatoLM assistant answering). The prompt is bu
   conversations, each with its own token budget, and returns :class:`Completion` objects.
 * ``stream`` yields the text of one turn as it is produced, through a transformers streamer whose
   cost per token is constant (``TextStreamer`` re-decodes everything since the last newline).
-* ``VLLMGenerator`` offers ``generate`` on vLLM (GPU machines with vLLM installed).
+
+At scale on a GPU, serve the checkpoint with vLLM instead (``model.serve --engine vllm`` starts
+``vllm serve``, which renders the dyadic chat template the trainer saved with the checkpoint).
 
 Usage (a library; the commands built on it are ``model.sft_platolm.cli``, ``model.sft_socratic.cli``
 and ``model.serve``)::
@@ -186,7 +188,7 @@ class Generator:
         self.template = Template(self.tokenizer, template)
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=pick_dtype(dtype, self.device))
         self.model.to(self.device).eval()
-        self.model_name = str(model_path)
+        self.model_name, self.path = str(model_path), path
         self.max_context = max_context or default_max_context(self.model.config, self.tokenizer)
         self.stop_ids, self.stop_texts = end_of_turn(self.tokenizer, self.template)
         if self.tokenizer.pad_token is None:  # left padding for batches needs one; never attended
@@ -201,10 +203,14 @@ class Generator:
             raise ValueError(f"role must be {HUMAN!r} or {GPT!r}, not {role!r}")
         return self.template.prompt_for(turns, role, SYSTEM_PROMPTS[role] if system is None else system)
 
-    def prompt_ids(self, turns: Sequence[Turn], role: str, system: str | None = None) -> list[int]:
-        """Token ids of the prompt for the next ``role`` turn; ContextOverflow if nothing fits after it."""
+    def prompt_ids(self, turns: Sequence[Turn], role: str, system: str | None = None,
+                   keep_last: int | None = None) -> list[int]:
+        """Token ids of the prompt for the next ``role`` turn, only the latest ``keep_last`` of them if given
+        (vLLM's ``truncate_prompt_tokens``); ContextOverflow if nothing fits after it."""
         ids = self.tokenizer(self.prompt_text(turns, role, system),
                              add_special_tokens=self.template.add_special_tokens)["input_ids"]
+        if keep_last:
+            ids = ids[-keep_last:]
         if len(ids) >= self.max_context:
             raise ContextOverflow(len(ids), self.max_context)
         return ids
@@ -370,67 +376,3 @@ def default_max_context(config, tokenizer) -> int:
     if tok_limit and tok_limit < SANE_MAX_LENGTH:
         limit = min(limit, tok_limit)
     return int(limit)
-
-
-class VLLMGenerator:
-    """``Generator.generate`` on vLLM, for serving at scale on a GPU (``--engine vllm``).
-
-    vLLM places the model itself (``device`` is ignored) and counts an ending EOS as a generated token.
-    """
-
-    def __init__(self, model_path: str, template: str = "dyadic", device: str = "auto", dtype=None,
-                 max_context: int | None = None):
-        try:
-            from vllm import LLM
-        except ImportError as err:
-            raise RuntimeError("--engine vllm needs the 'vllm' package on a CUDA machine "
-                               f"(pip install vllm); it could not be imported: {err}") from None
-        from transformers import AutoConfig, AutoTokenizer
-
-        from model.assets import resolve
-
-        path = resolve(model_path)
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.template = Template(self.tokenizer, template)
-        self.max_context = max_context or default_max_context(AutoConfig.from_pretrained(path),
-                                                              self.tokenizer)
-        self.model_name = str(model_path)
-        self.llm = LLM(model=path, dtype="auto" if dtype is None else str(dtype).replace("torch.", ""),
-                       max_model_len=self.max_context)
-        self.stop_ids, self.stop_texts = end_of_turn(self.tokenizer, self.template)
-        self._lock = threading.Lock()  # the offline LLM engine takes one generate() at a time
-
-    prompt_text = Generator.prompt_text
-    prompt_ids = Generator.prompt_ids
-    _budgets = Generator._budgets
-    generate = Generator.generate
-
-    def generate_ids(self, prompts, *, temperature=0.7, top_p=1.0, max_new_tokens=512, stop=None,
-                     seed=None, min_new_tokens=0) -> list[Completion]:
-        from vllm import SamplingParams
-
-        budgets = self._budgets([len(p) for p in prompts], max_new_tokens)
-        params = [SamplingParams(temperature=temperature, top_p=top_p, max_tokens=b, seed=seed,
-                                 min_tokens=min(min_new_tokens, b), stop_token_ids=self.stop_ids,
-                                 stop=[*self.stop_texts, *(stop or [])]) for b in budgets]
-        with self._lock:
-            outs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False)
-        return [Completion(o.outputs[0].text, "length" if o.outputs[0].finish_reason == "length" else "stop",
-                           len(p), len(o.outputs[0].token_ids)) for o, p in zip(outs, prompts)]
-
-    stream = Generator.stream
-
-    def stream_ids(self, prompt, **kwargs) -> TextStream:
-        """vLLM's offline engine does not stream: the whole turn arrives as one piece."""
-        done = self.generate_ids([prompt], **kwargs)[0]
-        result = TextStream(iter([done.text] if done.text else []))
-        result.completion = done
-        return result
-
-
-def load_generator(engine: str = "hf", **kwargs) -> Generator | VLLMGenerator:
-    if engine == "vllm":
-        return VLLMGenerator(**kwargs)
-    if engine != "hf":
-        raise ValueError(f"unknown engine {engine!r}; choose hf or vllm")
-    return Generator(**kwargs)

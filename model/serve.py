@@ -14,8 +14,8 @@ needs ``Authorization: Bearer KEY``. Binds 127.0.0.1 unless told otherwise.
 
 Usage::
 
-    python -m model.serve --model-path smollm2 --role human --port 8000
-    PLATOLM_API_KEY=secret python -m model.serve --model-path out/platolm --role gpt --engine vllm
+    python -m model.serve --model smollm2 --role human --port 8000
+    PLATOLM_API_KEY=secret python -m model.serve --model out/platolm --role gpt --engine vllm
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ import sys
 import time
 import traceback
 import uuid
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -38,8 +39,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
-from model.conversation import GPT, HUMAN, BadRecord, Turn, parse_record
+from model.conversation import GPT, HUMAN, BadRecord, Turn, atomic_write, parse_record
 from model.generate import Completion, ContextOverflow
+from model.runner import UsageError, command
 
 API_KEY_ENV = "PLATOLM_API_KEY"
 DEFAULT_TEMPERATURE = 0.7
@@ -77,6 +79,7 @@ class ChatRequest(BaseModel):
     n: int | None = Field(None, ge=1)
     seed: int | None = None
     min_tokens: int = Field(0, ge=0)  # vLLM's extension: no end of turn before this many tokens
+    truncate_prompt_tokens: int | None = Field(None, ge=1)  # vLLM's extension: keep only the latest k
     stream: bool = False
     stream_options: StreamOptions | None = None
 
@@ -110,14 +113,15 @@ def request_turns(messages: list[Message]) -> tuple[list[Turn], str | None]:
     return conv.turns, conv.system
 
 
-def request_prompt(generator, role: str, messages: list[Message]) -> list[int]:
+def request_prompt(generator, role: str, req: ChatRequest) -> list[int]:
     """Prompt ids for the next ``role`` turn: the same Template.prompt_for the model was trained with.
 
-    Without a system message the role's paper prompt is used (SOCRATIC_SYSTEM for human).
+    Without a system message the role's paper prompt is used (SOCRATIC_SYSTEM for human). With
+    ``truncate_prompt_tokens`` only the latest tokens are kept, as vLLM does (``usage`` then counts those).
     """
-    turns, system = request_turns(messages)
+    turns, system = request_turns(req.messages)
     try:
-        return generator.prompt_ids(turns, role, system)
+        return generator.prompt_ids(turns, role, system, keep_last=req.truncate_prompt_tokens)
     except ContextOverflow as err:
         raise APIError(400, f"{err}; shorten the messages", param="messages",
                        code="context_length_exceeded") from None
@@ -266,12 +270,13 @@ def create_app(generator, role: str, model_name: str, api_key: str | None = None
     async def models():
         return {"object": "list", "data": [{"id": model_name, "object": "model", "created": 0,
                                             "owned_by": "platolm", "role": role,
+                                            "root": str(getattr(generator, "path", model_name)),
                                             "max_model_len": generator.max_context}]}
 
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatRequest):
         settings = request_settings(req, default_max_tokens)
-        prompt = request_prompt(generator, role, req.messages)
+        prompt = request_prompt(generator, role, req)
         cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         head = {"id": cid, "created": created, "model": model_name}
         if req.stream:
@@ -313,10 +318,12 @@ def _sse(generator, prompt: list[int], s: Settings, head: dict, include_usage: b
         stream.close()
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m model.serve", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model-path", required=True, help="checkpoint dir, hub name, or 'smollm2'")
+    p.add_argument("--model", "--model-path", dest="model", required=True,
+                   help="checkpoint dir, hub name, or 'smollm2'")
     p.add_argument("--role", required=True, choices=[HUMAN, GPT],
                    help="human: reply with the next human turn (Socratic); gpt: the next assistant turn")
     p.add_argument("--host", default="127.0.0.1")
@@ -334,18 +341,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-wait-ms", type=float, default=5.0,
                    help="how long the batcher waits for more requests to join a batch")
     args = p.parse_args(argv)
+    name = args.served_model_name or Path(str(args.model).rstrip("/")).name
+    if args.engine == "vllm":  # vLLM's own OpenAI server takes over this process
+        cmd = vllm_command(args.model, args.role, args.template, args.host, args.port, name, args.max_context)
+        print("$ " + " ".join(cmd), file=sys.stderr, flush=True)
+        env = dict(os.environ, **({"VLLM_API_KEY": args.api_key} if args.api_key else {}))
+        os.execvpe(cmd[0], cmd, env)
 
     import uvicorn
 
-    from model.generate import load_generator
+    from model.generate import Generator
 
-    try:
-        generator = load_generator(args.engine, model_path=args.model_path, template=args.template,
-                                   device=args.device, max_context=args.max_context)
-    except (RuntimeError, OSError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    name = args.served_model_name or Path(str(args.model_path).rstrip("/")).name
+    generator = Generator(args.model, template=args.template, device=args.device, max_context=args.max_context)
     app = create_app(generator, args.role, name, args.api_key, args.max_new_tokens, args.max_batch,
                      args.batch_wait_ms / 1000)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
@@ -356,6 +363,69 @@ def main(argv: list[str] | None = None) -> int:
           file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
+
+
+# -- vLLM ----------------------------------------------------------------------------------------
+def vllm_command(model: str, role: str, template: str, host: str, port: int, served_name: str,
+                 max_context: int | None) -> list[str]:
+    """``vllm serve`` for a checkpoint, rendering the role's dyadic chat template (GPU machines only)."""
+    import importlib.util
+
+    import torch
+
+    if importlib.util.find_spec("vllm") is None or not torch.cuda.is_available():
+        raise UsageError("--engine vllm needs a CUDA GPU and the vllm package (pip install vllm); "
+                         "use --engine hf here")
+    from model.assets import resolve
+
+    cmd = ["vllm", "serve", resolve(model), "--host", host, "--port", str(port), "--served-model-name", served_name]
+    if max_context:
+        cmd += ["--max-model-len", str(max_context)]
+    return cmd + ["--chat-template", role_template_file(role, template)]
+
+
+def role_template_file(role: str, template: str) -> str:
+    """A file holding the chat template that writes the next ``role`` turn (vLLM's ``--chat-template``)."""
+    from model.assets import cache_dir
+    from model.dyadic import dyadic_chat_template
+
+    if template != "dyadic":
+        raise UsageError("--engine vllm serves --template chat checkpoints with their own chat template, "
+                         "which writes assistant turns only; use --engine hf for another role")
+    path = cache_dir() / f"dyadic-{role}.jinja"
+    atomic_write(path, lambda f: f.write(dyadic_chat_template(role)))
+    return str(path)
+
+
+@asynccontextmanager
+async def vllm_server(model: str, role: str, template: str, max_context: int | None):
+    """Start ``vllm serve`` on a free local port for the duration of the block; yields its /v1 URL."""
+    import socket
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = vllm_command(model, role, template, "127.0.0.1", port, Path(model.rstrip("/")).name, max_context)
+    print("$ " + " ".join(cmd) + " &", file=sys.stderr, flush=True)
+    proc = await asyncio.create_subprocess_exec(*cmd)
+    try:
+        async with httpx.AsyncClient() as client:
+            while True:  # vLLM loads and compiles for minutes
+                if proc.returncode is not None:
+                    raise RuntimeError(f"vllm serve exited with code {proc.returncode}")
+                try:
+                    if (await client.get(f"http://127.0.0.1:{port}/health", timeout=2)).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(2)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            await proc.wait()
 
 
 if __name__ == "__main__":

@@ -7,6 +7,10 @@ user simulator served by ``model.serve --role human``. "Tokens" are whitespace-s
 with ``--max-context N`` a prompt of N words or more gets a 400 ``context_length_exceeded``, and a
 reply that would run past N words is cut with ``finish_reason: "length"``, as a real server does.
 
+As ``--role human`` with ``--end-after K`` it writes the end-of-conversation marker
+(``model.dyadic.END_OF_CONVERSATION``) instead of question K+1, like a Socratic trained with ``--end_token``.
+``--log-requests FILE`` appends every request body to FILE (JSONL), for tests of what a caller sends.
+
 Faults: every ``--fault-every``-th request (counted over the whole server) fails, the kinds taken in
 turn from ``--faults``: ``429`` (with a ``retry-after-ms`` header), ``500``, ``drop`` (the connection
 is closed half-way through the body), ``garbage`` (a 200 whose body is not JSON), ``empty`` (valid
@@ -17,13 +21,14 @@ Usage::
 
     python -m tests.fault_teacher --port 0 --port-file port.txt --latency 0.05 \\
         --fault-every 3 --faults 429,500,drop,garbage,empty [--role gpt|human] [--max-context 200] \\
-        [--answer-words 12] [--api-key-env TEACHER_KEY]
+        [--answer-words 12] [--api-key-env TEACHER_KEY] [--end-after K] [--log-requests FILE]
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import hashlib
+import json
 import logging
 import os
 import socket
@@ -34,6 +39,8 @@ from pathlib import Path
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+
+from model.dyadic import END_OF_CONVERSATION
 
 FAULT_KINDS = ("429", "500", "drop", "garbage", "empty", "hang")
 WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november "
@@ -99,6 +106,9 @@ def make_app(args) -> FastAPI:
             return _error(401, "invalid api key", "invalid_api_key", "authentication_error")
         body = await request.json()
         messages = body.get("messages") or []
+        if args.log_requests:
+            with open(args.log_requests, "a", encoding="utf-8") as f:
+                f.write(json.dumps(body) + "\n")
         if args.latency:
             await asyncio.sleep(args.latency)
         fault = next_fault()
@@ -128,7 +138,9 @@ def make_app(args) -> FastAPI:
                                f"{args.max_context}", "context_length_exceeded")
         n_user = sum(m["role"] == "user" for m in turns)
         last = str(turns[-1].get("content", "")) if turns else ""
-        if args.role == "human":
+        if args.role == "human" and args.end_after and n_user >= args.end_after:
+            words = [END_OF_CONVERSATION]
+        elif args.role == "human":
             n = sum(m["role"] == "assistant" for m in turns) + 1
             words = ["Question", f"{n}:"] + _words(args.answer_words, f"q{n}|{last}") + ["?"]
         else:
@@ -166,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-context", type=int, default=0, help="context in words (0: unlimited)")
     p.add_argument("--answer-words", type=int, default=12)
     p.add_argument("--api-key-env", help="require `Authorization: Bearer $VAR`")
+    p.add_argument("--end-after", type=int, default=0, help="--role human: end the conversation after K rounds")
+    p.add_argument("--log-requests", help="append every request body to this JSONL file")
     args = p.parse_args(argv)
     bad = [f for f in args.faults.split(",") if f and f not in FAULT_KINDS]
     if bad:

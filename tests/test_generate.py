@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import importlib.util
+import subprocess
 
 import pytest
 
 from model.conversation import GPT, HUMAN, Turn
 from model.dyadic import PLATOLM_SYSTEM, SOCRATIC_SYSTEM, Template
-from model.generate import (ContextOverflow, Generator, _IncrementalText, cut_at_stop, held_back,
-                            load_generator)
+from model.generate import ContextOverflow, Generator, _IncrementalText, cut_at_stop, held_back
+from tests.conftest import PYTHON, ROOT, env_offline
 
 CONVS = [
     [Turn(HUMAN, "What is the capital of France?")],
@@ -122,19 +123,38 @@ def test_stop_helpers():
     assert held_back("hello", ["</s>"]) == 0
 
 
-def test_vllm_engine_without_vllm_says_so(tiny_dir):
-    if importlib.util.find_spec("vllm") is not None:
-        pytest.skip("vllm is installed here; the GPU test below covers it")
-    with pytest.raises(RuntimeError, match="vllm"):
-        load_generator("vllm", model_path=str(tiny_dir))
+def test_engine_vllm_without_a_gpu_says_so(tiny_dir):
+    import torch
+
+    if torch.cuda.is_available() and importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vllm can run here; the GPU test below covers it")
+    proc = subprocess.run([PYTHON, "-m", "model.serve", "--model", str(tiny_dir), "--role", "human",
+                           "--engine", "vllm"], cwd=ROOT, env=env_offline(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "needs a CUDA GPU and the vllm package" in proc.stderr
 
 
 @pytest.mark.gpu
-def test_vllm_engine_generates(smollm2_dir):
+def test_vllm_serve_writes_what_generate_writes(tiny_dir):
+    """vLLM's own server, through the role's dyadic chat template, equals HF generate on greedy decoding."""
+    import asyncio
+
     import torch
 
     if not torch.cuda.is_available() or importlib.util.find_spec("vllm") is None:
         pytest.skip("needs CUDA and vllm")
-    gen = load_generator("vllm", model_path="smollm2")
-    out = gen.generate(CONVS, GPT, temperature=0, max_new_tokens=[5, 9], min_new_tokens=9)
-    assert [o.completion_tokens for o in out] == [5, 9]
+    from model.endpoint import Endpoint
+    from model.serve import vllm_server
+
+    gen = Generator(str(tiny_dir), device="cuda", dtype="float16")  # vLLM's "auto" for float32 weights
+    want = [c.text for c in gen.generate(CONVS, HUMAN, temperature=0, max_new_tokens=16)]
+
+    async def served():
+        async with vllm_server(str(tiny_dir), HUMAN, "dyadic", 1024) as url:
+            ep = Endpoint(url, key_env=None)
+            msgs = [[{"role": "user" if t.role == HUMAN else "assistant", "content": t.text} for t in conv]
+                    for conv in CONVS]
+            replies = [await ep.chat(m, allow_empty=True, temperature=0, max_tokens=16) for m in msgs]
+            await ep.close()
+            return [r.text for r in replies]
+
+    assert asyncio.run(served()) == want

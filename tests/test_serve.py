@@ -13,7 +13,7 @@ import pytest
 from model.conversation import GPT, HUMAN, Turn
 from model.dyadic import PLATOLM_SYSTEM, SOCRATIC_SYSTEM, Template
 from model.generate import Generator
-from model.serve import Message, request_prompt
+from model.serve import ChatRequest, Message, request_prompt
 from tests.conftest import PYTHON, ROOT, env_offline
 
 KEY = "test-key-123"
@@ -66,7 +66,7 @@ def stop_server(proc, log_path) -> str:
 def gpt_server(tiny_dir, tmp_path_factory):
     """The tiny model as the assistant, behind an API key, with a 300-token context."""
     log = tmp_path_factory.mktemp("serve-gpt") / "server.log"
-    proc, url = start_server(log, "--model-path", str(tiny_dir), "--role", "gpt", "--max-context", "300",
+    proc, url = start_server(log, "--model", str(tiny_dir), "--role", "gpt", "--max-context", "300",
                              "--served-model-name", "tiny-gpt", key=KEY)
     yield url
     text = stop_server(proc, log)
@@ -99,17 +99,22 @@ def test_request_prompt_is_the_training_template(tiny_gen, tiny_tokenizer):
     """For role human the server's prompt is Template.prompt_for(turns, "human", SOCRATIC_SYSTEM)."""
     template = Template(tiny_tokenizer)
     turns = as_turns(CHAT[:2])
+
+    def prompt(role, messages, **extra):
+        return request_prompt(tiny_gen, role, ChatRequest(messages=messages, **extra))
+
     msgs = [Message(**m) for m in CHAT[:2]]
     want = tiny_tokenizer(template.prompt_for(turns, HUMAN, SOCRATIC_SYSTEM))["input_ids"]
-    assert request_prompt(tiny_gen, HUMAN, msgs) == want
+    assert prompt(HUMAN, msgs) == want
+    assert prompt(HUMAN, msgs, truncate_prompt_tokens=7) == want[-7:]  # vLLM's extension: the latest k
     want = tiny_tokenizer(template.prompt_for(turns, GPT, PLATOLM_SYSTEM))["input_ids"]
-    assert request_prompt(tiny_gen, GPT, msgs) == want
+    assert prompt(GPT, msgs) == want
     sys_msgs = [Message(role="system", content="Be brief. "), *msgs]
     want = tiny_tokenizer(template.prompt_for(turns, HUMAN, "Be brief. "))["input_ids"]
-    assert request_prompt(tiny_gen, HUMAN, sys_msgs) == want
+    assert prompt(HUMAN, sys_msgs) == want
     parts = [Message(role="user", content=[{"type": "text", "text": "What is "}, {"type": "text", "text": "it?"}])]
     want = tiny_tokenizer(template.prompt_for([Turn(HUMAN, "What is it?")], GPT, PLATOLM_SYSTEM))["input_ids"]
-    assert request_prompt(tiny_gen, GPT, parts) == want
+    assert prompt(GPT, parts) == want
 
 
 def test_gpt_role_non_streaming_matches_local_greedy(gpt_server, tiny_gen):

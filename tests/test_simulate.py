@@ -22,7 +22,9 @@ import pytest
 
 from model.conversation import GPT, HUMAN, Turn
 from model.dyadic import SOCRATIC_SYSTEM, Template
+from data.end_rules import EndRule
 from data.sessions_store import SessionStore
+from model.runner import UsageError
 from tests.conftest import PYTHON, ROOT, env_offline
 
 FAULTS_ALL = "429,500,drop,garbage,empty,hang"
@@ -214,7 +216,7 @@ def test_sessions_that_run_out_of_retries_are_recorded_and_retried_next_run(tmp_
 def test_rate_limiter_holds_a_minute_of_allowance_and_waits_for_the_rest(monkeypatch):
     import asyncio
 
-    from data.retry import RateLimiter
+    from model.endpoint import RateLimiter
 
     now, waits = [0.0], []
 
@@ -252,7 +254,7 @@ def test_store_cuts_a_torn_last_line_and_keeps_the_rest(tmp_path):
     assert set(store.finished) == {"free-000000", "free-000001"}
     assert out.read_text().endswith('"free"}\n')
     out.write_text('{"id": "a"}\nnot json\n')
-    with pytest.raises(ValueError, match=r"s\.jsonl: record 'line 2': not JSON"):
+    with pytest.raises(UsageError, match=r"s\.jsonl: record 'line 2': not JSON"):
         SessionStore(out)
 
 
@@ -293,12 +295,12 @@ def test_seeded_mode_keeps_the_first_round_verbatim_and_skips_seeds_that_cannot_
     skipped = read(tmp_path / "seeded.skipped.jsonl")
     assert [s["seed_id"] for s in skipped] == ["huge"]
     log = (tmp_path / "simulate.log").read_text()
-    assert "first round is not a human question" in log and "skipped 1 seeds" in log
+    assert "does not start with a human question" in log and "skipped 1 seeds" in log
     assert re.search(r"teacher spend \$\d+\.\d\d", log)
 
 
 # -- the context budget ----------------------------------------------------------------------------
-@pytest.mark.parametrize("server_context, max_context, rounds", [
+@pytest.mark.parametrize("server_context, max_context, rounds", [  # --end-rule fit
     # The fault simulator counts words: each question and each answer is 15 words, no system prompt.
     # Question k's prompt is 30(k-1) words.
     (0, 100, 3),    # Q4 (90 + 15 > 100) does not fit: discarded, the 3 rounds before it kept
@@ -312,7 +314,8 @@ def test_context_budget_ends_sessions_at_the_right_place(tmp_path, servers, serv
     servers.append(teacher := fault_server(tmp_path, "teacher", "--answer-words", "12"))
     out = tmp_path / "budget.jsonl"
     simulate(tmp_path, "--simulator", sim.url, "--teacher-base-url", teacher.url, "--teacher-model", "t",
-             "--num-sessions", "2", "--max-context", str(max_context), "--out", str(out))
+             "--num-sessions", "2", "--max-context", str(max_context), "--end-rule", "fit", "--simulator-system", "",
+             "--out", str(out))
     for rec in read(out):
         assert (rec["num_of_rounds"], rec["end_reason"]) == (rounds, "context_full")
         check_alternates(rec)
@@ -337,7 +340,7 @@ def test_local_tiny_simulator_batches_sessions_and_respects_the_context_budget(t
     out = tmp_path / "local.jsonl"
     simulate(tmp_path, "--simulator", str(tiny_dir), "--teacher-base-url", teacher.url, "--teacher-model", "t",
              "--num-sessions", "6", "--concurrency", "6", "--max-context", "400", "--max-new-tokens", "12",
-             "--out", str(out), "--device", "cpu")
+             "--end-rule", "fit", "--out", str(out), "--device", "cpu")
     recs = read(out)
     assert len(recs) == 6
     check_budget(recs, tiny_tokenizer, 400)
@@ -352,7 +355,7 @@ def test_served_tiny_simulator_respects_the_context_budget(tmp_path, servers, ti
     out = tmp_path / "served.jsonl"
     simulate(tmp_path, "--simulator", sim.url, "--teacher-base-url", teacher.url, "--teacher-model", "t",
              "--mode", "free", "--num-sessions", "4", "--concurrency", "4", "--max-context", "400",
-             "--max-new-tokens", "12", "--out", str(out))
+             "--max-new-tokens", "12", "--end-rule", "fit", "--out", str(out))
     check_budget(read(out), tiny_tokenizer, 400)
 
 
@@ -386,3 +389,139 @@ def test_an_answer_cut_at_teacher_max_tokens_ends_the_session_unless_kept(tmp_pa
         assert (rec["num_of_rounds"], rec["end_reason"]) == (2, "max_turns")
         assert all(len(c["value"].split()) == 8 for c in rec["conversations"][1::2])
         assert rec["meta"]["usage"]["answers_cut_at_max_tokens"] == 2
+
+
+# -- the paper's end rule --------------------------------------------------------------------------
+def test_paper_rule_keeps_every_finished_round_and_sessions_may_end_over_the_budget(tmp_path, servers):
+    # Words are tokens: a question is 15 words, an answer 63; no system prompt (--simulator-system "").
+    servers.append(sim := fault_server(tmp_path, "sim", "--role", "human", "--answer-words", "12"))
+    servers.append(teacher := fault_server(tmp_path, "teacher", "--answer-words", "60"))
+    common = ["--simulator", sim.url, "--teacher-base-url", teacher.url, "--teacher-model", "t",
+              "--num-sessions", "2", "--max-context", "100", "--simulator-system", ""]
+    paper, fit = tmp_path / "paper.jsonl", tmp_path / "fit.jsonl"
+    simulate(tmp_path, *common, "--out", str(paper))  # --end-rule paper is the default
+    simulate(tmp_path, *common, "--end-rule", "fit", "--out", str(fit))
+    for rec in read(paper):
+        # Q2 is asked at 78 + 15 <= 100 words; Q3 would start at 156 > 100: dropped, both rounds kept
+        assert (rec["num_of_rounds"], rec["end_reason"]) == (2, "context_full")
+        assert sum(len(c["value"].split()) for c in rec["conversations"]) == 156 > 100
+        assert rec["meta"]["end_rule"] == "paper"
+    for rec in read(fit):  # the earlier rule drops round 2, whose answer filled the budget
+        assert (rec["num_of_rounds"], rec["end_reason"]) == (1, "context_full")
+    assert "sessions ended by: context_full 2" in (tmp_path / "simulate.log").read_text()
+
+
+@pytest.mark.parametrize("served", [False, True], ids=["local", "served"])
+def test_paper_rule_shows_the_simulator_only_the_latest_window(tmp_path, servers, tiny_dir, tiny_tokenizer, served):
+    servers.append(teacher := fault_server(tmp_path, "teacher", "--answer-words", "6"))
+    simulator = serve_simulator(tmp_path, tiny_dir, "serve-tiny") if served else None
+    if simulator:
+        servers.append(simulator)
+    out = tmp_path / "window.jsonl"
+    simulate(tmp_path, "--simulator", simulator.url if served else str(tiny_dir), "--teacher-base-url", teacher.url,
+             "--teacher-model", "t", "--num-sessions", "3", "--concurrency", "3", "--max-context", "400",
+             "--max-new-tokens", "12", "--out", str(out), "--device", "cpu")
+    window = EndRule("paper", 400, 12).window
+    assert window == 400 - 12 - 8
+    template = Template(tiny_tokenizer, "dyadic")
+    for rec in read(out):
+        assert rec["end_reason"] == "context_full" and rec["meta"]["budget_counted_by"] == "tokenizer"
+        # the question that ended the session was asked from a conversation longer than the window
+        assert rec["meta"]["usage"]["simulator_input_tokens_max"] == window
+        turns = [Turn(c["from"], c["value"]) for c in rec["conversations"]]
+        assert len(tiny_tokenizer(template.render(turns, SOCRATIC_SYSTEM).text)["input_ids"]) > window
+
+
+# -- the learned end, question-only seeds, role-play, several endpoints -----------------------------
+@pytest.mark.parametrize("rule, min_turns, rounds, reason", [
+    ("learned", 1, 2, "learned_end"),
+    ("learned", 3, 2, "end_marker_suppressed"),  # too early: asked again, and again the marker
+    ("paper", 1, 2, "end_marker_suppressed"),
+])
+def test_learned_end_of_conversation(tmp_path, servers, rule, min_turns, rounds, reason):
+    servers.append(sim := fault_server(tmp_path, "sim", "--role", "human", "--end-after", "2"))
+    servers.append(teacher := fault_server(tmp_path, "teacher"))
+    out = tmp_path / "learned.jsonl"
+    simulate(tmp_path, "--simulator", sim.url, "--teacher-base-url", teacher.url, "--teacher-model", "t",
+             "--num-sessions", "2", "--end-rule", rule, "--min-turns", str(min_turns), "--max-turns", "6",
+             "--out", str(out))
+    for rec in read(out):
+        assert (rec["num_of_rounds"], rec["end_reason"]) == (rounds, reason)
+        assert all("end_of_conversation" not in c["value"] for c in rec["conversations"])
+        assert rec["meta"]["usage"]["end_markers_suppressed"] == (0 if reason == "learned_end" else 4)
+
+
+def test_question_only_seeds_are_answered_by_the_teacher_first(tmp_path, servers):
+    seeds = [{"id": f"d{i}", "category": "open_qa", "conversations": [{"from": "human", "value": f"Why {i}?"}]}
+             for i in range(3)] + [{"id": "empty", "conversations": []}]
+    (seed_file := tmp_path / "seeds.jsonl").write_text("\n".join(json.dumps(s) for s in seeds) + "\n")
+    servers.append(sim := fault_server(tmp_path, "sim", "--role", "human"))
+    servers.append(teacher := fault_server(tmp_path, "teacher"))
+    out = tmp_path / "dolly.jsonl"
+    simulate(tmp_path, "--simulator", sim.url, "--teacher-base-url", teacher.url, "--teacher-model", "t",
+             "--mode", "seeded", "--seeds", str(seed_file), "--num-sessions", "3", "--max-turns", "2",
+             "--out", str(out))
+    recs = {r["seed_id"]: r for r in read(out)}
+    assert sorted(recs) == ["d0", "d1", "d2"]
+    for sid, rec in recs.items():
+        convs = rec["conversations"]
+        assert convs[0]["value"] == f"Why {sid[1:]}?" and convs[1]["value"].startswith("Answer 1:")
+        assert convs[2]["value"].startswith("Question 2:") and rec["num_of_rounds"] == 2
+    assert "no turns" in (tmp_path / "simulate.log").read_text()  # the empty seed: named and skipped
+
+
+def test_roleplay_simulator_sends_the_prompt_with_the_transcript(tmp_path, servers):
+    log = tmp_path / "roleplay-requests.jsonl"
+    servers.append(chat := fault_server(tmp_path, "chat", "--log-requests", str(log)))  # a chat model
+    servers.append(teacher := fault_server(tmp_path, "teacher"))
+    out = tmp_path / "roleplay.jsonl"
+    simulate(tmp_path, "--simulator", chat.url, "--simulator-kind", "roleplay", "--teacher-base-url", teacher.url,
+             "--teacher-model", "t", "--num-sessions", "2", "--max-turns", "2", "--out", str(out))
+    recs = read(out)
+    assert len(recs) == 2 and all(r["meta"]["simulator_kind"] == "roleplay" for r in recs)
+    requests = read(log)
+    assert len(requests) == 4 and all([m["role"] for m in r["messages"]] == ["system"] for r in requests)
+    prompt = (ROOT / "data/prompts/roleplay.txt").read_text().split("{conversation}")[0]
+    second = [r["messages"][0]["content"] for r in requests if "Assistant: Answer" in r["messages"][0]["content"]]
+    assert len(second) == 2 and all(s.startswith(prompt) for s in second)
+    rec = recs[0]
+    assert f"User: {rec['conversations'][0]['value']}\n\nAssistant: {rec['conversations'][1]['value']}" in second[0] \
+        or f"User: {rec['conversations'][0]['value']}" in second[1]
+    bad = tmp_path / "bad-prompt.txt"
+    bad.write_text("Act as a user.")
+    proc = simulate(tmp_path, "--simulator", chat.url, "--simulator-kind", "roleplay", "--roleplay-prompt", str(bad),
+                    "--teacher-base-url", teacher.url, "--num-sessions", "1", "--out", str(tmp_path / "x.jsonl"),
+                    log="bad-prompt.log", check=False)
+    text = (tmp_path / "bad-prompt.log").read_text()
+    assert proc.returncode == 2 and str(bad) in text and "{conversation}" in text
+
+
+def test_roleplay_with_smollm2_playing_the_user(tmp_path, servers, smollm2_dir):
+    port = free_port()
+    servers.append(chat := Server([PYTHON, "-m", "model.serve", "--model", str(smollm2_dir), "--role", "gpt",
+                                   "--template", "chat", "--port", str(port), "--device", "cpu"],
+                                  tmp_path / "smollm2.log").wait_ready(f"http://127.0.0.1:{port}/v1"))
+    servers.append(teacher := fault_server(tmp_path, "teacher"))
+    out = tmp_path / "roleplay-smollm2.jsonl"
+    simulate(tmp_path, "--simulator", chat.url, "--simulator-kind", "roleplay", "--teacher-base-url", teacher.url,
+             "--teacher-model", "t", "--num-sessions", "1", "--max-turns", "2", "--max-new-tokens", "24",
+             "--out", str(out))
+    [rec] = read(out)
+    check_alternates(rec)
+    assert rec["meta"]["simulator_kind"] == "roleplay" and rec["meta"]["usage"]["simulator_completion_tokens"] > 0
+
+
+def test_sessions_spread_over_several_simulators_and_teachers(tmp_path, servers):
+    sims = [fault_server(tmp_path, f"sim{i}", "--role", "human", "--latency", "0.02") for i in range(2)]
+    teachers = [fault_server(tmp_path, f"teacher{i}", "--latency", "0.02") for i in range(2)]
+    servers.extend(sims + teachers)
+    out = tmp_path / "spread.jsonl"
+    simulate(tmp_path, *[a for s in sims for a in ("--simulator", s.url)],
+             *[a for t in teachers for a in ("--teacher-base-url", t.url)], "--teacher-model", "t",
+             "--num-sessions", "8", "--max-turns", "3", "--concurrency", "4", "--out", str(out))
+    recs = read(out)
+    assert sorted(r["id"] for r in recs) == [f"free-{i:06d}" for i in range(8)]
+    assert all(r["num_of_rounds"] == 3 for r in recs)
+    served = [httpx.get(s.url.replace("/v1", "/stats")).json().get("ok", 0) for s in sims + teachers]
+    assert all(n > 0 for n in served) and sum(served[:2]) == sum(served[2:]) == 8 * 3
+    assert "teacher requests per endpoint" in (tmp_path / "simulate.log").read_text()

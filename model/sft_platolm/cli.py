@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m model.sft_platolm.cli --model-path smollm2 [--device auto|cpu|cuda] [--temperature 0.7]
+    python -m model.sft_platolm.cli --model smollm2 [--device auto|cpu|cuda] [--temperature 0.7]
         [--top-p 1.0] [--max-new-tokens 512] [--template dyadic|chat] [--system TEXT]
 
 Commands: /reset, /save FILE (ShareGPT JSON), /exit. End a line with \\ to continue it, or paste a

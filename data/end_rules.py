@@ -1,0 +1,117 @@
+"""When a SocraticChat session ends, and how the simulator's tokens are counted for it.
+
+``--end-rule`` names the rule (C = ``--max-context``, M = ``--max-new-tokens``):
+
+* ``paper`` (default, as the original code did): the simulator writes the next question from the most
+  recent ``W = C - M - 8`` tokens of the conversation (1,528 at the paper's 2048/512); while it
+  writes, the *whole* conversation plus the question so far is counted, and once that exceeds C the
+  question is dropped and the session ends. Every finished round is kept, so a session usually ends a
+  little over C because of its last answer. A seeded session that ends with its seed round alone is
+  skipped, not kept.
+* ``fit`` (this project's earlier rule): the conversation and the next question must fit C together;
+  when even the conversation so far does not fit, its last round is dropped too, so every kept session
+  fits C. Seeded sessions with only their seed round are kept.
+* ``learned``: the simulator ends the session itself by writing ``END_OF_CONVERSATION`` as its next
+  question (a Socratic trained with ``--end_token``), once at least ``--min-turns`` rounds are done; the
+  paper's budget still applies. Under the other rules (and before ``--min-turns``) the marker is
+  suppressed: the question is asked again with another seed.
+
+Counting: the conversation so far is the simulator's prompt, counted in the simulator's own tokens
+(its tokenizer and template, as it is served). For a local simulator, or a remote one whose tokenizer
+is known (``--simulator-tokenizer``, or the served checkpoint's path), the count is exact and the
+window is applied by the server (``truncate_prompt_tokens``, vLLM's parameter, which model.serve
+accepts too). Without a tokenizer the server's own usage figures are used and it sees the whole
+conversation.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from model.conversation import HUMAN, Turn
+from model.dyadic import END_OF_CONVERSATION, SYSTEM_PROMPTS, Template
+
+END_RULES = ("paper", "fit", "learned")
+WINDOW_MARGIN = 8  # the original: max_src_len = context_len - max_new_tokens - 8
+
+
+@dataclass
+class Question:
+    text: str
+    prompt_tokens: int  # the whole conversation so far, as the simulator's prompt
+    completion_tokens: int  # the question, without its end-of-turn token
+    finish_reason: str | None = "stop"
+    input_tokens: int | None = None  # what the simulator was actually given (the window, when it applies)
+
+    @property
+    def truncated(self) -> bool:
+        return self.finish_reason == "length"
+
+
+class EndOfSession(Exception):
+    """The session ends here; ``drop_last_round`` when the conversation itself no longer fits (``fit``)."""
+
+    def __init__(self, reason: str, drop_last_round: bool = False):
+        self.reason, self.drop_last_round = reason, drop_last_round
+        super().__init__(reason)
+
+
+def is_end_marker(text: str) -> bool:
+    return text.strip() == END_OF_CONVERSATION
+
+
+@dataclass(frozen=True)
+class EndRule:
+    name: str
+    max_context: int
+    max_new_tokens: int
+    min_turns: int = 1
+
+    def __post_init__(self):
+        if self.name not in END_RULES:
+            raise ValueError(f"unknown end rule {self.name!r}; choose one of {END_RULES}")
+
+    @property
+    def window(self) -> int | None:
+        """How many of the latest prompt tokens the simulator sees (None: all of them)."""
+        if self.name == "fit":
+            return None
+        return max(1, self.max_context - self.max_new_tokens - WINDOW_MARGIN)
+
+    def check(self, q: Question) -> None:
+        """Raise EndOfSession when the question ``q`` breaks the budget."""
+        if self.name == "fit" and q.prompt_tokens >= self.max_context:
+            raise EndOfSession("context_full", drop_last_round=True)
+        if q.truncated and q.completion_tokens < self.max_new_tokens:
+            raise EndOfSession("context_full")  # the server's context, not max_new_tokens, cut it
+        if q.prompt_tokens + q.completion_tokens > self.max_context:
+            raise EndOfSession("context_full")
+
+    def accepts_end(self, rounds: int) -> bool:
+        return self.name == "learned" and rounds >= self.min_turns
+
+    @property
+    def keeps_seed_only(self) -> bool:
+        return self.name == "fit"
+
+
+class TokenCounter:
+    """The simulator's count of its prompt (the conversation so far, as it is rendered for it) and of a text."""
+
+    def __init__(self, tokenizer, template: str | Template = "dyadic", system: str | None = None):
+        self.tokenizer = tokenizer
+        self.template = template if isinstance(template, Template) else Template(tokenizer, template)
+        self.system = SYSTEM_PROMPTS[HUMAN] if system is None else system
+
+    @classmethod
+    def load(cls, path: str, template: str = "dyadic", system: str | None = None) -> "TokenCounter":
+        from model.assets import load_tokenizer
+
+        return cls(load_tokenizer(path), template, system)
+
+    def prompt_ids(self, turns: Sequence[Turn]) -> list[int]:
+        text = self.template.prompt_for(turns, HUMAN, self.system)
+        return self.tokenizer(text, add_special_tokens=self.template.add_special_tokens)["input_ids"]
+
+    def text_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -1,0 +1,109 @@
+"""DeepSpeed ZeRO-3 on CPU: the project's trainer, two processes over gloo, the repo's own ZeRO-3 configs.
+
+DeepSpeed's CPU accelerator talks over gloo when oneCCL is not installed; model/train.py starts that
+process group itself (``start_deepspeed_on_cpu``), since accelerate would leave each process alone.
+The first run on a machine JIT-compiles DeepSpeed's small shared-memory op (g++, about a minute on 2 cores,
+cached in ~/.cache/torch_extensions).
+"""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+
+import pytest
+import torch
+
+from tests.conftest import PYTHON, ROOT, env_offline
+from tests.test_train import free_port, mean_loss, write_convs
+
+pytestmark = pytest.mark.slow
+SHRINK = ["--bf16", "false", "--tf32", "false", "--model_max_length", "256", "--per_device_train_batch_size", "2",
+          "--gradient_accumulation_steps", "1", "--learning_rate", "5e-3", "--logging_steps", "1",
+          "--dataloader_num_workers", "0", "--disable_tqdm", "true"]
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_dir, tmp_path_factory):
+    data = write_convs(tmp_path_factory.mktemp("ds-data") / "convs.json", n=16, bad=False)
+    env = dict(env_offline(), HF_DATASETS_CACHE=str(tmp_path_factory.mktemp("ds-cache")), OMP_NUM_THREADS="1",
+               CUDA_VISIBLE_DEVICES="", DS_ACCELERATOR="cpu", PYTHONWARNINGS="ignore")
+    return tiny_dir, data, env
+
+
+def launch(cmd: list[str], env: dict) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    return proc
+
+
+def torchrun(args: list[str], env: dict) -> subprocess.CompletedProcess:
+    return launch([PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                   "-m", "model.sft_platolm.train", *args], env)
+
+
+def check_saved_model(out, base_dir, data):
+    from transformers import AutoModelForCausalLM
+
+    model, base = AutoModelForCausalLM.from_pretrained(out), AutoModelForCausalLM.from_pretrained(base_dir)
+    trained, start = model.state_dict(), base.state_dict()
+    assert trained.keys() == start.keys()
+    assert all(trained[k].shape == start[k].shape for k in start)  # gathered, not ZeRO-3's empty placeholders
+    assert any(not torch.equal(trained[k], start[k]) for k in start)
+    assert mean_loss(out, data, "gpt") < mean_loss(base_dir, data, "gpt")
+
+
+def test_zero3_recipe_under_torchrun_shards_trains_saves_and_resumes(setup, tmp_path):
+    """The documented ZeRO-3 variant of the 7B recipe (--fsdp "" --gradient_checkpointing --deepspeed ...)."""
+    from transformers import AutoModelForCausalLM
+
+    tiny_dir, data, env = setup
+    out = tmp_path / "out"
+    args = ["--config", "recipes/platolm_7b_fsdp.yaml", "--fsdp", "", "--gradient_checkpointing",
+            "--deepspeed", "configs/ds_zero3.json", "--model_name_or_path", str(tiny_dir), "--data_path", str(data),
+            "--output_dir", str(out), *SHRINK, "--save_steps", "8"]
+    proc = torchrun([*args, "--max_steps", "8"], env)
+    assert "processes: 2, DeepSpeed;" in proc.stderr
+
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 8
+    losses = [h["loss"] for h in state["log_history"] if "loss" in h]
+    assert len(losses) == 8 and all(math.isfinite(x) for x in losses)
+    assert sum(losses[-2:]) / 2 < 0.95 * sum(losses[:2]) / 2, losses
+    assert any("eval_loss" in h for h in state["log_history"])  # the recipe's held-out split
+
+    # ZeRO-3: each rank saved its own shard of the fp32 master weights, about half of them
+    n_params = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(tiny_dir).parameters())
+    step = out / "checkpoint-8" / "global_step8"
+    shards = []
+    for rank in (0, 1):
+        ms = torch.load(step / f"zero_pp_rank_{rank}_mp_rank_00_model_states.pt", map_location="cpu",
+                        weights_only=False)
+        assert ms["ds_config"]["zero_optimization"]["stage"] == 3 and ms["dp_world_size"] == 2
+        opt = torch.load(step / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt", map_location="cpu",
+                         weights_only=False)["optimizer_state_dict"]
+        assert int(opt["zero_stage"]) == 3 and opt["partition_count"] == 2
+        shards.append(sum(t.numel() for t in opt["fp32_flat_groups"]))
+    assert sum(shards) >= n_params and max(shards) <= n_params // 2 + 64, (shards, n_params)
+    check_saved_model(out, tiny_dir, data)
+
+    # the same command, two steps further, resumes from DeepSpeed's checkpoint (partitioned optimizer states)
+    proc = torchrun([*args, "--max_steps", "10"], env)
+    assert f"resuming from {out / 'checkpoint-8'}" in proc.stderr
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 10 and [h["step"] for h in state["log_history"] if "loss" in h][-2:] == [9, 10]
+
+
+def test_accelerate_launch_with_the_zero3_config(setup, tmp_path):
+    """configs/accelerate_zero3.yaml as written, shrunk to 2 processes (precision comes from ds_zero3.json's
+    "auto", i.e. the trainer's --bf16, which this CPU run leaves off)."""
+    tiny_dir, data, env = setup
+    out = tmp_path / "out"
+    proc = launch([PYTHON, "-m", "accelerate.commands.launch", "--config_file", "configs/accelerate_zero3.yaml",
+                   "--num_processes", "2", "--main_process_port", str(free_port()),
+                   "-m", "model.sft_platolm.train", "--model_name_or_path", str(tiny_dir), "--data_path", str(data),
+                   "--output_dir", str(out), *SHRINK, "--max_steps", "6", "--save_strategy", "no"], env)
+    assert "processes: 2, DeepSpeed;" in proc.stderr
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 6
+    check_saved_model(out, tiny_dir, data)
