@@ -4,9 +4,11 @@ Measures, in one run:
 
 * throughput (conversations/s) of ``clean`` and ``split`` in-process, tokenizer already loaded;
 * the split on the V3 file's pieces as shipped (already cut at 2048 by FastChat, ~2 rounds each) and
-  on those pieces rejoined into the original long conversations (what the raw 90K dump holds);
-* the split against a baseline that re-tokenises the growing segment after every round (the
-  quadratic way), on the same rejoined conversations: the speed-up ratio, and that both cut alike;
+  on those pieces rejoined into the original long conversations (what the raw 90K dump holds; the
+  answer two pieces share is kept once), with how many segments carry the answer before their question;
+* the split against a baseline that applies the same rule but re-tokenises the growing segment after
+  every round (the quadratic way), on the same rejoined conversations: the speed-up ratio, and that
+  both give the same segments;
 * peak resident memory of the real CLI processes (``python -m data.prepare clean`` / ``split``,
   sampled with psutil) on N and 4N conversations: streaming keeps the ratio near 1.
 
@@ -27,39 +29,40 @@ from pathlib import Path
 import psutil
 
 from model.assets import load_tokenizer, sharegpt_file
-from model.conversation import (HUMAN, BadRecordSummary, Conversation, iter_conversations, read_json_records,
-                                write_json_array)
+from model.conversation import (HUMAN, BadRecordSummary, Conversation, Turn, iter_conversations,
+                                read_json_records, write_json_array)
 from model.dyadic import default_system
 
 from data.clean import Cleaner
-from data.split import Splitter, round_starts
+from data.split import Splitter, context_start, rejoin, round_starts
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def naive_split(splitter: Splitter, conv: Conversation) -> list[int]:
-    """Baseline: add a round, re-render and re-tokenise the whole segment, cut when it overflows."""
-    turns = conv.turns[round_starts(conv.turns)[0]:]
-    bounds = round_starts(turns) + [len(turns)]
+def naive_split(splitter: Splitter, conv: Conversation) -> list[list[Turn]]:
+    """Baseline: the same rule (carried answer, greedy rounds), re-rendering and re-tokenising the whole
+    growing segment after every round."""
+    turns = splitter.trim(conv.turns)
     system = default_system(HUMAN, conv)
-    cuts, i = [], 0
-    while i < len(bounds) - 1:
+
+    def fits(a: int, b: int) -> bool:
+        return splitter.lengths([turns[a:b]], system)[0] <= splitter.max_length
+
+    if fits(0, len(turns)):
+        return [turns]
+    starts = round_starts(turns)
+    bounds = starts + [len(turns)]
+    segments, i = [], 0
+    while i < len(starts):
+        lo = context_start(turns, starts, i)
+        if lo < starts[i] and not fits(lo, starts[i] + 1):  # the context must leave room for the question
+            lo = starts[i]
         j = i + 1
-        while (j < len(bounds) - 1
-               and splitter.lengths([turns[bounds[i]:bounds[j + 1]]], system)[0] <= splitter.max_length):
+        while j < len(starts) and fits(lo, bounds[j + 1]):
             j += 1
-        cuts.append(bounds[j])
+        segments.append(turns[lo:bounds[j]])
         i = j
-    return cuts
-
-
-def rejoin(convs: list[Conversation]) -> list[Conversation]:
-    """Undo the V3 file's own split: consecutive pieces ``<id>_<start turn>`` back into one conversation."""
-    out = []
-    for base, pieces in itertools.groupby(convs, key=lambda c: c.id.rsplit("_", 1)[0]):
-        pieces = list(pieces)
-        out.append(Conversation(base, [t for c in pieces for t in c.turns], pieces[0].system))
-    return [c for c in out if round_starts(c.turns)]
+    return segments
 
 
 def peak_rss(cmd: list[str]) -> tuple[float, float]:
@@ -77,6 +80,35 @@ def peak_rss(cmd: list[str]) -> tuple[float, float]:
     if proc.returncode:
         sys.exit(f"{' '.join(cmd)} failed:\n{err}")
     return time.perf_counter() - start, peak / 2**20
+
+
+def bench_rejoined(tokenizer, convs: list[Conversation], max_length: int, baseline_n: int) -> None:
+    """The split on long conversations (the V3 pieces rejoined), and against the re-tokenising baseline."""
+    originals = [c for c in rejoin(convs) if round_starts(c.turns)]
+    long_splitter = Splitter(tokenizer, max_length, min_turns=1, dedup=False)
+    t = time.perf_counter()
+    long_segments = list(long_splitter.run(originals))
+    t_long = time.perf_counter() - t
+    rounds = sum(len(round_starts(c.turns)) for c in originals) / len(originals)
+    print(f"split, V3 pieces rejoined into {len(originals)} original conversations ({rounds:.1f} rounds on "
+          f"average): {t_long:.1f}s = {len(originals) / t_long:.0f} conv/s ({len(long_segments)} segments, "
+          f"{long_splitter.counts['segments carrying an answer']} carrying an answer, "
+          f"{long_splitter.counts['context left out (would not fit)']} left out)")
+
+    sample = originals[: baseline_n]
+    fast = Splitter(tokenizer, max_length, min_turns=1, dedup=False)
+    t = time.perf_counter()
+    fast_segments: dict[str, list[list[Turn]]] = {}
+    for seg in fast.run(sample):
+        fast_segments.setdefault(seg.id.rsplit("_", 1)[0], []).append(seg.turns)
+    t_fast = time.perf_counter() - t
+    t = time.perf_counter()
+    naive = [naive_split(fast, c) for c in sample]
+    t_naive = time.perf_counter() - t
+    same = sum(segs == fast_segments[c.id] for segs, c in zip(naive, sample))
+    print(f"split vs re-tokenising baseline on the first {len(sample)} rejoined conversations: "
+          f"{t_fast:.1f}s vs {t_naive:.1f}s = {t_naive / t_fast:.1f}x faster; "
+          f"identical segments in {same}/{len(sample)} conversations")
 
 
 def main() -> int:
@@ -116,37 +148,14 @@ def main() -> int:
           f"{splitter.counts['conversations split']} split, "
           f"{splitter.counts['rounds moved after the exact check']} rounds moved by the exact check)")
 
-    originals = rejoin(convs)
-    long_splitter = Splitter(tokenizer, args.max_length, min_turns=1, dedup=False)
-    t = time.perf_counter()
-    long_segments = list(long_splitter.run(originals))
-    t_long = time.perf_counter() - t
-    rounds = sum(len(round_starts(c.turns)) for c in originals) / len(originals)
-    print(f"split, V3 pieces rejoined into {len(originals)} original conversations ({rounds:.1f} rounds on "
-          f"average): {t_long:.1f}s = {len(originals) / t_long:.0f} conv/s ({len(long_segments)} segments)")
-
-    sample = originals[: args.baseline_n]
-    fast = Splitter(tokenizer, args.max_length, min_turns=1, dedup=False)
-    t = time.perf_counter()
-    fast_cuts: dict[str, list[int]] = {}
-    for seg in fast.run(sample):
-        ends = fast_cuts.setdefault(seg.id.rsplit("_", 1)[0], [])
-        ends.append((ends[-1] if ends else 0) + len(seg.turns))
-    t_fast = time.perf_counter() - t
-    t = time.perf_counter()
-    naive = [naive_split(fast, c) for c in sample]
-    t_naive = time.perf_counter() - t
-    same = sum(cuts == fast_cuts[c.id] for cuts, c in zip(naive, sample))
-    print(f"split vs re-tokenising baseline on the first {len(sample)} rejoined conversations: "
-          f"{t_fast:.1f}s vs {t_naive:.1f}s = {t_naive / t_fast:.1f}x faster; "
-          f"identical cuts in {same}/{len(sample)} conversations")
+    bench_rejoined(tokenizer, convs, args.max_length, args.baseline_n)
 
     peaks = {}
     for n in args.sizes:
         clean_out, split_out = work / f"clean_{n}.json", work / f"split_{n}.json"
-        tc, mc = peak_rss([sys.executable, "-m", "data.prepare", "clean", "--in", str(files[n]),
+        tc, mc = peak_rss([sys.executable, "-m", "data.prepare", "clean", "--data", str(files[n]),
                            "--out", str(clean_out)])
-        ts, ms = peak_rss([sys.executable, "-m", "data.prepare", "split", "--in", str(clean_out),
+        ts, ms = peak_rss([sys.executable, "-m", "data.prepare", "split", "--data", str(clean_out),
                            "--out", str(split_out), "--tokenizer", args.tokenizer,
                            "--max-length", str(args.max_length)])
         peaks[n] = (mc, ms)

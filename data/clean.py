@@ -1,7 +1,7 @@
 """The ShareGPT cleaning chain, one conversation at a time, with a count of what each step removed.
 
-It follows the steps the paper took on the 90K raw ShareGPT dump (FastChat's ``clean_sharegpt`` and
-``optional_clean``), in this order:
+The default chain follows FastChat's ``clean_sharegpt`` and ``optional_clean`` (Vicuna's cleaning, which
+the original code adapted), with a language classifier, in this order:
 
 1. roles: leading assistant turns and a trailing unanswered human turn are trimmed; a conversation
    whose roles do not alternate is dropped.
@@ -16,10 +16,24 @@ It follows the steps the paper took on the 90K raw ShareGPT dump (FastChat's ``c
 4. ai mentions: any turn naming the AI vendor/product the original filtered ("openai", "chatgpt").
 5. language: the language of the conversation's prose (code blocks removed), by py3langid.
 6. duplicates: exact duplicates of an earlier conversation's turns (roles and texts).
+
+``rules="paper"`` (``clean --rules paper``) applies the original PlatoLM code's rules instead
+(``remove_html.py`` and ``clean_sharegpt.ipynb``), in its order:
+
+1. too short: one turn or none.
+2. ai mentions: any raw turn naming "openai" or "chatgpt".
+3. html: every turn through markdownify with its default options (so ``_`` and ``*`` in plain text
+   are escaped too), after removing ``<div>``/``<span>`` tags; the same UI noise removed; a conversion
+   error drops the conversation; a turn the conversion empties ends the conversation before it (an empty
+   turn cannot be written; the original kept it). Roles are not touched.
+4. language: dropped if any turn holds a character in U+0080-U+FFFF, unless a human turn asks for a
+   translation (``\b[Tt]ranslat\w+``).
+5. duplicates: the same concatenated turn texts (no roles, no separator) as an earlier conversation.
 """
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 from collections import Counter
 from typing import Iterable, Iterator
@@ -27,7 +41,9 @@ from typing import Iterable, Iterator
 from model.conversation import GPT, HUMAN, Conversation, Turn
 
 BLOCKED_WORDS = ("openai", "chatgpt")
-STEPS = ("roles", "html", "too short", "ai mentions", "language", "duplicates")
+STEPS = {"default": ("roles", "html", "too short", "ai mentions", "language", "duplicates"),
+         "paper": ("too short", "ai mentions", "html", "language", "duplicates")}
+RULES = tuple(STEPS)
 
 _HTML_START = re.compile(r"^\s*<(div|p|pre|ol|ul|table|h[1-6]|blockquote|span|code|br|hr)\b[^>]*>", re.I)
 _REGENERATE = re.compile(r"^\s*\d+\s*/\s*\d+")
@@ -36,6 +52,11 @@ _CODE_LANG = re.compile(r"```\s*(.*?)(?:Copy code)+(.+?)\s*?```", re.DOTALL)
 _EMPTY_CODE = re.compile(r"```(.*?)Copy code\s*```")
 _FENCED = re.compile(r"```.*?(```|$)", re.DOTALL)
 _LANG_CLASS = re.compile(r"^(?:language|lang)-(.+)$")
+# the original's patterns (remove_html.py, clean_sharegpt.ipynb)
+_TAG_DIV_SPAN = re.compile("<div.*?>|<span.*?>")
+_PAPER_REGENERATE = re.compile(r"\d+ / \d+")
+_TRANSLATION = re.compile(r"\b[Tt]ranslat\w+")
+_NON_ASCII_BMP = re.compile("[\u0080-\uFFFF]")
 
 
 def _code_language(pre) -> str:
@@ -83,6 +104,27 @@ def remove_noise(text: str, assistant: bool = True) -> str:
     return text.strip()
 
 
+def paper_html_to_markdown(text: str) -> str:
+    """The original's conversion of one turn: markdownify's defaults on every turn, HTML or not."""
+    import markdownify
+
+    text = markdownify.markdownify(_TAG_DIV_SPAN.sub("", text)).strip()
+    text = _CODE_LANG.sub("```\\g<1>\n\\g<2>\n```", text)
+    noise = _PAPER_REGENERATE.match(text)
+    if noise:
+        text = text[noise.end():]
+    text = _EMPTY_CODE.sub("", _COPY_CHARS.sub("", text))
+    return text.replace("\n\n\n", "\n").strip()
+
+
+def paper_language_ok(turns: list[Turn]) -> bool | str:
+    """The original's language filter: "translation" for the exception, else whether the text is ASCII
+    up to U+007F (a character in U+0080-U+FFFF anywhere drops the conversation; emoji above do not)."""
+    if any(_TRANSLATION.search(t.text) for t in turns if t.role == HUMAN):
+        return "translation"
+    return not any(_NON_ASCII_BMP.search(t.text) for t in turns)
+
+
 def clean_text(text: str, assistant: bool = True) -> str:
     if _HTML_START.match(text):
         text = html_to_markdown(text)
@@ -122,29 +164,46 @@ def mentions_ai(turns: Iterable[Turn], words: Iterable[str] = BLOCKED_WORDS) -> 
     return any(w in t.text.lower() for t in turns for w in words)
 
 
-def fingerprint(turns: Iterable[Turn]) -> bytes:
-    """A 16-byte digest of the roles and texts: duplicate detection keeps only these in memory."""
+def fingerprint(turns: Iterable[Turn], roles: bool = True) -> bytes:
+    """A 16-byte digest of the roles and texts: duplicate detection keeps only these in memory.
+
+    ``roles=False`` is the original's key: the turn texts concatenated, no roles and no separator.
+    """
     h = hashlib.blake2b(digest_size=16)
     for t in turns:
-        h.update(t.role.encode())
-        h.update(b"\x00")
+        if roles:
+            h.update(t.role.encode() + b"\x00")
         h.update(t.text.encode("utf-8", "surrogatepass"))
-        h.update(b"\x01")
+        if roles:
+            h.update(b"\x01")
     return h.digest()
 
 
 class Cleaner:
-    """Runs the chain over a stream; ``removed[step]`` counts what each step dropped."""
+    """Runs the chain of ``rules`` over a stream; ``removed[step]`` counts what each step dropped."""
 
-    def __init__(self, lang: str | None = "en", keep_ai_mentions: bool = False):
-        self.lang, self.keep_ai_mentions = lang, keep_ai_mentions
+    def __init__(self, lang: str | None = "en", keep_ai_mentions: bool = False, rules: str = "default"):
+        if rules not in RULES:
+            raise ValueError(f"unknown cleaning rules {rules!r}; choose one of {RULES}")
+        self.lang, self.keep_ai_mentions, self.rules = lang, keep_ai_mentions, rules
+        self.steps = STEPS[rules]
         self.removed: Counter[str] = Counter()
         self.seen: set[bytes] = set()
-        self.read = self.kept = 0
+        self.read = self.kept = self.translations = 0
 
     def clean_one(self, conv: Conversation) -> Conversation | str:
         """The cleaned conversation, or the name of the step that removed it."""
-        turns = fix_roles(conv.turns)
+        turns = self._paper(conv.turns) if self.rules == "paper" else self._default(conv.turns)
+        if isinstance(turns, str):
+            return turns
+        key = fingerprint(turns, roles=self.rules != "paper")
+        if key in self.seen:
+            return "duplicates"
+        self.seen.add(key)
+        return Conversation(conv.id, turns, conv.system, conv.extra)
+
+    def _default(self, turns: list[Turn]) -> list[Turn] | str:
+        turns = fix_roles(turns)
         if turns is None:
             return "roles"
         if len(turns) < 2:
@@ -162,11 +221,29 @@ class Cleaner:
             return "ai mentions"
         if self.lang and detect_language(prose(cleaned)) != self.lang:
             return "language"
-        key = fingerprint(cleaned)
-        if key in self.seen:
-            return "duplicates"
-        self.seen.add(key)
-        return Conversation(conv.id, cleaned, conv.system, conv.extra)
+        return cleaned
+
+    def _paper(self, turns: list[Turn]) -> list[Turn] | str:
+        from bs4.builder import ParserRejectedMarkup
+
+        if len(turns) <= 1:
+            return "too short"
+        if not self.keep_ai_mentions and mentions_ai(turns):  # the raw text, as the original checked it
+            return "ai mentions"
+        try:
+            texts = [paper_html_to_markdown(t.text) for t in turns]
+        except (ParserRejectedMarkup, AssertionError):
+            return "html"
+        # a turn left empty cannot be written as a turn: the conversation ends before it
+        texts = list(itertools.takewhile(bool, texts))
+        if len(texts) < 2:
+            return "html"
+        cleaned = [Turn(t.role, text) for t, text in zip(turns, texts)]
+        verdict = paper_language_ok(cleaned)
+        if not verdict:
+            return "language"
+        self.translations += verdict == "translation"
+        return cleaned
 
     def run(self, convs: Iterable[Conversation]) -> Iterator[Conversation]:
         for conv in convs:
@@ -179,12 +256,13 @@ class Cleaner:
             yield out
 
     def state(self) -> dict:
-        return {"read": self.read, "kept": self.kept, "removed": dict(self.removed)}
+        return {"read": self.read, "kept": self.kept, "removed": dict(self.removed), "translations": self.translations}
 
     def restore(self, state: dict, written: Iterable[Conversation]) -> None:
         """Continue a resumed run: its counters, and the duplicate filter rebuilt from its output."""
         self.read, self.kept, self.removed = state["read"], state["kept"], Counter(state["removed"])
-        self.seen = {fingerprint(c.turns) for c in written}
+        self.translations = state.get("translations", 0)
+        self.seen = {fingerprint(c.turns, roles=self.rules != "paper") for c in written}
 
     def table(self, bad_records: int = 0) -> str:
         """Records removed by each step, and how many were left after it."""
@@ -192,11 +270,14 @@ class Cleaner:
         lines = [f"{'step':<14}{'removed':>10}{'left':>10}", f"{'read':<14}{'':>10}{left + bad_records:>10}"]
         if bad_records:
             lines.append(f"{'bad records':<14}{bad_records:>10}{left:>10}")
-        for step in STEPS:
+        for step in self.steps:
             left -= self.removed[step]
             lines.append(f"{step:<14}{self.removed[step]:>10}{left:>10}")
+        if self.rules == "paper":
+            lines.append(f"({self.translations} kept by the translation exception of the language step)")
         return "\n".join(lines)
 
     def counts(self, bad_records: int = 0) -> dict:
+        extra = {"translation exceptions": self.translations} if self.rules == "paper" else {}
         return {"read": self.read + bad_records, "bad records": bad_records,
-                **{s: self.removed[s] for s in STEPS}, "kept": self.kept}
+                **{s: self.removed[s] for s in self.steps}, "kept": self.kept, **extra}

@@ -72,8 +72,12 @@ def write_output(path: str | os.PathLike, convs: Iterable[Conversation], to: str
     if to == "hf":
         return _write_hf(path, convs)
     shape = (lambda c: c.to_sharegpt()) if to == "sharegpt" else (lambda c: c.to_messages())
-    rows = (shape(c) for c in convs)
-    if str(path).endswith(".jsonl") or (to == "messages" and not str(path).endswith(".json")):
+    return write_rows(path, (shape(c) for c in convs), jsonl=to == "messages" and not str(path).endswith(".json"))
+
+
+def write_rows(path: str | os.PathLike, rows: Iterable[dict], jsonl: bool = False) -> int:
+    """Write records atomically: JSONL when the path ends in .jsonl (or ``jsonl``), else a JSON array."""
+    if jsonl or str(path).endswith(".jsonl"):
         return write_jsonl(path, rows)
     return write_json_array(path, rows)
 

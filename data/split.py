@@ -1,22 +1,33 @@
 """Split long conversations into segments that fit ``max_length`` as training will tokenise them.
 
-A segment is counted exactly as ``model.dyadic`` renders and tokenises it for training: the
-system prompt of the trained role (``--train-role human`` = Socratic's prompt, the default;
-``gpt`` = PlatoLM's; a record's own system prompt wins, ``--system`` overrides both) followed by
-the segment's turns, tokenised with ``Template.add_special_tokens``. Segments are cut only at
-round boundaries (a round is a human turn and the assistant turns that answer it), so every
-segment starts with a human turn; segment ids are ``<id>_<k>`` (k = 0, 1, ...).
+The rule is the original's (PlatoLM's ``split_long_conversation.py``, after Vicuna's): cut between rounds
+(a round is a human turn and the assistant turns that answer it) and start every segment after the
+first with the assistant answer that preceded its first question, so a follow-up question is trained
+with the answer it follows (segments overlap by that answer). A conversation's leading assistant turns
+stay at the start of its first segment the same way, and a trailing unanswered question is dropped.
+These context turns count in the segment's length. A context that leaves no room for its round's trained
+turns (Socratic: the question) is left out (counted); one that does stays even when the rest of the round
+then overflows (training truncates the untrained answer; the original kept the carried answer too).
+``carry_answer=False`` gives the behaviour before: every segment starts with a human turn and leading
+assistant turns are dropped (the default for ``--train-role gpt``, where a carried answer would be
+trained a second time).
 
-Linear time: each conversation is rendered and tokenised once with offsets; each round's first
-character is mapped to a token index, so a segment's cost is estimated as
-``system tokens + the tokens of its rounds``. Rounds are packed greedily on that estimate, and each
-planned segment is rendered and tokenised once more (one batched call per conversation) to check
-it exactly; if it overflows (a tokenisation seam that differs), its last round moves to the next
-segment. A single round longer
-than the limit is kept alone and reported (training truncates it).
+A segment is counted exactly as ``model.dyadic`` renders and tokenises it for training: the system
+prompt of the trained role (``--train-role human`` = Socratic's prompt, the default; ``gpt`` = PlatoLM's;
+a record's own system prompt wins, ``--system`` overrides both) followed by the segment's turns,
+tokenised with ``Template.add_special_tokens``. Segment ids are ``<id>_<k>`` (k = 0, 1, ...).
+
+Linear time: each conversation is rendered and tokenised once with offsets; each turn's first character
+is mapped to a token index, so a segment's cost is estimated as ``system tokens + the tokens of its
+turns``; whether each round's context leaves room for its question is checked exactly (one batched call).
+Rounds are packed greedily on the estimate, and each planned segment is rendered and tokenised once more
+(one batched call per conversation) to check it exactly; if it overflows (a tokenisation seam that
+differs), its last round moves to the next segment. A single round longer than the limit is kept alone
+and reported (training truncates it).
 """
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from typing import Iterable, Iterator, Sequence
 
@@ -27,22 +38,65 @@ from model.dyadic import Template, default_system
 
 from data.clean import fingerprint
 
+REPORT_ORDER = ("conversations", "conversations split", "segments written", "segments carrying an answer",
+                "context left out (would not fit)", "leading assistant turns kept as context",
+                "leading assistant turns dropped", "trailing unanswered questions dropped",
+                "conversations without a human turn", "short segments dropped", "duplicate segments dropped",
+                "rounds moved after the exact check", "over-long single rounds kept")
+
 
 def round_starts(turns: Sequence[Turn]) -> list[int]:
     """Index of the first turn of every round: each human turn starts one."""
     return [i for i, t in enumerate(turns) if t.role == HUMAN]
 
 
+def first_rounds(turns: list[Turn], k: int) -> tuple[list[Turn], int]:
+    """The turns of the first k rounds (leading assistant turns stay), and how many rounds there were."""
+    starts = round_starts(turns)
+    return (turns[:starts[k]] if len(starts) > k else turns), len(starts)
+
+
+def context_start(turns: Sequence[Turn], starts: Sequence[int], r: int) -> int:
+    """First turn of round r's context: the leading assistant turns for round 0, else the answer just before it."""
+    if r == 0:
+        return 0
+    s = starts[r]
+    return s - 1 if turns[s - 1].role != HUMAN else s
+
+
+def rejoin(pieces: Iterable[Conversation]) -> Iterator[Conversation]:
+    """Undo a split whose ids are ``<id>_<index of the piece's first turn>`` (the original's and FastChat's,
+    e.g. the ShareGPT V3 file): consecutive pieces of one id become one conversation, and a turn two pieces
+    share (the carried answer) appears once. Pieces with another id shape stay as they are."""
+    def base_and_start(c: Conversation) -> tuple[str, int | None]:
+        base, _, k = c.id.rpartition("_")
+        return (base, int(k)) if base and k.isdigit() else (c.id, None)
+
+    for base, group in itertools.groupby(pieces, key=lambda c: base_and_start(c)[0]):
+        group = list(group)
+        turns, end = [], 0
+        for piece in group:
+            start = base_and_start(piece)[1]
+            skip = max(0, end - start) if start is not None else 0
+            turns += piece.turns[skip:]
+            end = (start if start is not None else end) + len(piece.turns)
+        yield Conversation(base, turns, group[0].system, group[0].extra)
+
+
 class Splitter:
     """Splits conversations for one tokenizer, template, trained role and length limit."""
 
     def __init__(self, tokenizer, max_length: int = 2048, train_role: str = HUMAN, template: str = "dyadic",
-                 system: str | None = None, min_turns: int = 2, dedup: bool = True, batch_size: int = 64):
+                 system: str | None = None, min_turns: int = 2, dedup: bool = True, batch_size: int = 64,
+                 carry_answer: bool | None = None, keep_trailing_question: bool = False):
         if max_length < 1:
             raise ValueError(f"max_length must be positive, not {max_length}")
         self.tokenizer, self.max_length, self.train_role = tokenizer, max_length, train_role
         self.template = Template(tokenizer, template)
         self.system, self.min_turns, self.dedup, self.batch_size = system, min_turns, dedup, batch_size
+        # the carried answer is context only when the trained role is not the assistant's
+        self.carry_answer = train_role == HUMAN if carry_answer is None else carry_answer
+        self.keep_trailing_question = keep_trailing_question
         self.counts: Counter[str] = Counter()
         self.too_long: list[str] = []  # ids of segments that are one round longer than max_length
         self.seen: set[bytes] = set()
@@ -54,26 +108,31 @@ class Splitter:
         return [len(x) for x in ids]
 
     def run(self, convs: Iterable[Conversation]) -> Iterator[Conversation]:
-        batch: list[Conversation] = []
-        for conv in convs:
-            batch.append(conv)
-            if len(batch) == self.batch_size:
-                yield from self._split_batch(batch)
-                batch = []
-        if batch:
+        it = iter(convs)
+        while batch := list(itertools.islice(it, self.batch_size)):
             yield from self._split_batch(batch)
+
+    def trim(self, turns: list[Turn]) -> list[Turn]:
+        """The turns the split works on: no trailing unanswered question; no leading answers without carry."""
+        if turns and turns[-1].role == HUMAN and len(turns) > 1 and not self.keep_trailing_question:
+            self.counts["trailing unanswered questions dropped"] += 1
+            turns = turns[:-1]
+        lead = next((i for i, t in enumerate(turns) if t.role == HUMAN), len(turns))
+        if lead and lead < len(turns):
+            self.counts["leading assistant turns kept as context" if self.carry_answer
+                        else "leading assistant turns dropped"] += lead
+            if not self.carry_answer:
+                turns = turns[lead:]
+        return turns
 
     def _split_batch(self, convs: list[Conversation]) -> Iterator[Conversation]:
         prepared = []
         for conv in convs:
             self.counts["conversations"] += 1
-            starts = round_starts(conv.turns)
-            if not starts:
+            turns = self.trim(conv.turns)
+            if not round_starts(turns):
                 self.counts["conversations without a human turn"] += 1
                 continue
-            if starts[0]:
-                self.counts["leading assistant turns dropped"] += starts[0]
-            turns = conv.turns[starts[0]:]
             system = default_system(self.train_role, conv, self.system)
             prepared.append((conv, turns, system, self.template.render(turns, system)))
         if not prepared:
@@ -82,39 +141,48 @@ class Splitter:
                              return_offsets_mapping=True)
         for (conv, turns, system, rendered), ids, offs in zip(prepared, enc["input_ids"], enc["offset_mapping"]):
             for seg in self._segments(conv, turns, system, rendered, len(ids), offs):
-                if len(seg.turns) < self.min_turns:
-                    self.counts["short segments dropped"] += 1
-                    continue
-                if self.dedup:
-                    key = fingerprint(seg.turns)
-                    if key in self.seen:
-                        self.counts["duplicate segments dropped"] += 1
-                        continue
-                    self.seen.add(key)
-                self.counts["segments written"] += 1
-                yield seg
+                if self._keep(seg):
+                    self.counts["segments written"] += 1
+                    yield seg
+
+    def _keep(self, seg: Conversation) -> bool:
+        if len(seg.turns) < self.min_turns:
+            self.counts["short segments dropped"] += 1
+            return False
+        if self.dedup:
+            key = fingerprint(seg.turns)
+            if key in self.seen:
+                self.counts["duplicate segments dropped"] += 1
+                return False
+            self.seen.add(key)
+        return True
 
     def _segments(self, conv: Conversation, turns: list[Turn], system: str, rendered, n_tokens: int,
                   offsets) -> Iterator[Conversation]:
-        def segment(k: int, a: int, b: int) -> Conversation:
-            return Conversation(f"{conv.id}_{k}", turns[a:b], conv.system, conv.extra)
+        def segment(k: int, lo: int, hi: int) -> Conversation:
+            return Conversation(f"{conv.id}_{k}", turns[lo:hi], conv.system, conv.extra)
 
         if n_tokens <= self.max_length:  # exact already: the whole conversation fits
             yield segment(0, 0, len(turns))
             return
         starts = round_starts(turns)
         bounds = starts + [len(turns)]
-        sys_cost, costs = self.estimate(rendered, system, starts, n_tokens, offsets)
+        sys_cost, edges = self.estimate(rendered, system, n_tokens, offsets)
 
-        def plan(i: int) -> list[tuple[int, int]]:
-            """Greedy (first round, end round) pairs from round i on, packed on the estimate."""
+        def cost(lo: int, hi: int) -> int:
+            return sys_cost + edges[hi] - edges[lo]
+
+        context = self._contexts(turns, starts, bounds, system)
+
+        def plan(i: int) -> list[tuple[int, int, int]]:
+            """Greedy (first turn, first round, end round) triples from round i on, packed on the estimate."""
             out = []
             while i < len(starts):
-                total, j = sys_cost + costs[i], i + 1
-                while j < len(starts) and total + costs[j] <= self.max_length:
-                    total += costs[j]
+                lo = context[i]
+                j = i + 1
+                while j < len(starts) and cost(lo, bounds[j + 1]) <= self.max_length:
                     j += 1
-                out.append((i, j))
+                out.append((lo, i, j))
                 i = j
             return out
 
@@ -122,40 +190,74 @@ class Splitter:
         while i < len(starts):
             pending = plan(i)
             # the exact check, all planned segments in one tokenizer call
-            for (a, b), exact in zip(pending, self.lengths([turns[bounds[a]:bounds[b]] for a, b in pending], system)):
-                moved = False
-                while exact > self.max_length and b > a + 1:  # the estimate was off at a seam
-                    self.counts["rounds moved after the exact check"] += 1
-                    b, moved = b - 1, True
-                    exact = self.lengths([turns[bounds[a]:bounds[b]]], system)[0]
-                if exact > self.max_length:
-                    self.counts["over-long single rounds kept"] += 1
-                    self.too_long.append(f"{conv.id}_{k}")
-                yield segment(k, bounds[a], bounds[b])
-                k, i = k + 1, b
-                if moved:  # the rest of the plan started from the wrong round: plan again from here
+            for (lo, a, b), exact in zip(pending, self.lengths([turns[lo:bounds[b]] for lo, a, b in pending], system)):
+                end = self._fit(conv.id, k, turns, system, bounds, lo, a, b, exact)
+                self._count_context(turns, starts, k, lo, a)
+                yield segment(k, lo, bounds[end])
+                k, i = k + 1, end
+                if end != b:  # the rest of the plan started from the wrong round: plan again from here
                     break
         if k > 1:
             self.counts["conversations split"] += 1
 
-    def estimate(self, rendered, system: str, starts: list[int], n_tokens: int, offsets) -> tuple[int, list[int]]:
-        """(system tokens, tokens of each round), read off the whole conversation's tokenisation.
+    def _fit(self, conv_id: str, k: int, turns: list[Turn], system: str, bounds: list[int], lo: int, a: int,
+             b: int, exact: int) -> int:
+        """The end round of a planned segment once it fits exactly: its last rounds move on. A single round
+        that does not fit stays (with its context, whose trained turns were checked to fit)."""
+        while exact > self.max_length and b > a + 1:  # the estimate was off at a seam
+            self.counts["rounds moved after the exact check"] += 1
+            b -= 1
+            exact = self.lengths([turns[lo:bounds[b]]], system)[0]
+        if exact > self.max_length:
+            self.counts["over-long single rounds kept"] += 1
+            self.too_long.append(f"{conv_id}_{k}")
+        return b
 
-        Round 0 starts after the system prompt, round r after the end (EOS / end-of-turn marker) of
-        the previous turn. Special tokens the tokenizer appends at the end (offsets (0, 0)) belong to
-        every segment, so they are counted with the system prompt.
+    def _contexts(self, turns: list[Turn], starts: list[int], bounds: list[int], system: str) -> list[int]:
+        """Each round's first turn as a segment's start: its context's when the round's trained turns
+        (Socratic: the question) still fit after the context, checked exactly in one batched call."""
+        wanted = [self._wanted_start(turns, starts, r) for r in range(len(starts))]
+        with_context = [r for r in range(len(starts)) if wanted[r] < starts[r]]
+        lengths = self.lengths([turns[wanted[r]:self._trained_end(turns, bounds, r)] for r in with_context], system) \
+            if with_context else []
+        for r, n in zip(with_context, lengths):
+            if n > self.max_length:
+                wanted[r] = starts[r]
+        return wanted
+
+    def _trained_end(self, turns: list[Turn], bounds: list[int], r: int) -> int:
+        """End of round r's last turn of the trained role: what has to fit after the round's context."""
+        ends = [t + 1 for t in range(bounds[r], bounds[r + 1]) if turns[t].role == self.train_role]
+        return ends[-1] if ends else bounds[r] + 1
+
+    def _wanted_start(self, turns: list[Turn], starts: list[int], r: int) -> int:
+        return context_start(turns, starts, r) if self.carry_answer else starts[r]
+
+    def _count_context(self, turns: list[Turn], starts: list[int], k: int, lo: int, a: int) -> None:
+        if lo > self._wanted_start(turns, starts, a):
+            self.counts["context left out (would not fit)"] += 1
+        elif k and lo < starts[a]:
+            self.counts["segments carrying an answer"] += 1
+
+    def estimate(self, rendered, system: str, n_tokens: int, offsets) -> tuple[int, list[int]]:
+        """(system tokens, the token index where each turn starts, and the end), read off the whole
+        conversation's tokenisation.
+
+        Turn 0 starts after the system prompt, turn t after the end (EOS / end-of-turn marker) of turn
+        t - 1. Special tokens the tokenizer appends at the end (offsets (0, 0)) belong to every segment,
+        so they are counted with the system prompt.
         """
         spans = rendered.spans
         first = len(system) if self.template.template == "dyadic" else spans[0][0]
-        chars = [first] + [spans[s - 1][1] for s in starts[1:]]
+        chars = [first] + [spans[t - 1][1] for t in range(1, len(spans))]
         offs = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
         tail = 0
         while tail < n_tokens - 1 and offs[n_tokens - 1 - tail, 1] == 0:
             tail += 1
         tok_starts = np.maximum.accumulate(offs[:, 0])
-        bounds = np.searchsorted(tok_starts[: n_tokens - tail], np.asarray(chars, dtype=np.int64), side="left")
-        bounds = [*bounds.tolist(), n_tokens - tail]
-        return bounds[0] + tail, [bounds[r + 1] - bounds[r] for r in range(len(starts))]
+        edges = np.searchsorted(tok_starts[: n_tokens - tail], np.asarray(chars, dtype=np.int64), side="left")
+        edges = [*edges.tolist(), n_tokens - tail]
+        return edges[0] + tail, edges
 
     def state(self) -> dict:
         return {"counts": dict(self.counts), "too_long": self.too_long}
@@ -166,10 +268,8 @@ class Splitter:
         self.seen = {fingerprint(seg.turns) for seg in written} if self.dedup else set()
 
     def report(self) -> str:
-        order = ["conversations", "conversations split", "segments written", "conversations without a human turn",
-                 "leading assistant turns dropped", "short segments dropped", "duplicate segments dropped",
-                 "rounds moved after the exact check", "over-long single rounds kept"]
-        lines = [f"  {self.counts[name]:>8}  {name}" for name in order if self.counts[name] or name in order[:3]]
+        lines = [f"  {self.counts[name]:>8}  {name}" for name in REPORT_ORDER
+                 if self.counts[name] or name in REPORT_ORDER[:3]]
         if self.too_long:
             shown = ", ".join(self.too_long[:5]) + (" ..." if len(self.too_long) > 5 else "")
             lines.append(f"  over-long segments (training truncates them to {self.max_length} tokens): {shown}")

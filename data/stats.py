@@ -4,6 +4,8 @@ Tokens are those of each utterance's own text, tokenised without special tokens 
 the figures describe the corpus rather than a prompt format (the paper's Table 2 convention);
 a session's tokens are the sum of its utterances'. Human and assistant figures are kept apart.
 Only per-conversation numbers are kept in memory (a few integers each), never the text.
+Several corpora are compared side by side: :func:`table` has a column per corpus, :func:`plot_corpora`
+a histogram per corpus.
 """
 from __future__ import annotations
 
@@ -46,7 +48,7 @@ class CorpusStats:
                 n = next(lengths)
                 self.utterance_tokens[turn.role].append(n)
                 per_role[turn.role] += n
-            self.rounds.append(len(round_starts(conv.turns)) + (conv.turns[0].role != HUMAN))
+            self.rounds.append(len(round_starts(conv.turns)))  # a carried answer opens no round
             self.session_tokens.append(per_role[HUMAN] + per_role[GPT])
             for role in (HUMAN, GPT):
                 self.session_role_tokens[role].append(per_role[role])
@@ -72,48 +74,52 @@ class CorpusStats:
             out[f"avg_{name}_session_tokens"] = mean(self.session_role_tokens[role])
         return out
 
-    def table(self) -> str:
-        s = self.summary()
-        rows = [("sessions", s["sessions"], "", ""), ("utterances", s["utterances"], s["human_utterances"],
-                                                    s["assistant_utterances"]),
-                ("rounds / session", s["avg_rounds"], "", ""),
-                ("tokens / utterance", s["avg_utterance_tokens"], s["avg_human_utterance_tokens"],
-                 s["avg_assistant_utterance_tokens"]),
-                ("tokens / session", s["avg_session_tokens"], s["avg_human_session_tokens"],
-                 s["avg_assistant_session_tokens"])]
-        lines = [f"{'':<20}{'all':>12}{'human':>12}{'assistant':>12}"]
-        lines += [f"{name:<20}{a:>12}{h:>12}{g:>12}" for name, a, h, g in rows]
-        return "\n".join(lines)
 
-    def plot(self, out_dir) -> list[str]:
-        """PNG histograms of rounds per session and tokens per utterance/session; returns the paths."""
-        from pathlib import Path
+TABLE_ROWS = (  # (label, summary key)
+    ("sessions", "sessions"), ("utterances", "utterances"), ("  human", "human_utterances"),
+    ("  assistant", "assistant_utterances"), ("rounds / session", "avg_rounds"),
+    ("tokens / utterance", "avg_utterance_tokens"), ("  human", "avg_human_utterance_tokens"),
+    ("  assistant", "avg_assistant_utterance_tokens"), ("tokens / session", "avg_session_tokens"),
+    ("  human", "avg_human_session_tokens"), ("  assistant", "avg_assistant_session_tokens"),
+    ("median tokens / session", "median_session_tokens"), ("max tokens / session", "max_session_tokens"),
+)
 
-        import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+def table(corpora: list[tuple[str, dict]]) -> str:
+    """One row per measure, one column per corpus (the paper's side-by-side corpus table)."""
+    width = max([12, *(len(name) + 2 for name, _ in corpora)])
+    lines = [f"{'':<24}" + "".join(f"{name:>{width}}" for name, _ in corpora)]
+    lines += [f"{label:<24}" + "".join(f"{s[key]:>{width}}" for _, s in corpora) for label, key in TABLE_ROWS]
+    return "\n".join(lines)
 
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        figures = {
-            "rounds_per_session.png": ("rounds per session", {"all": self.rounds}),
-            "tokens_per_utterance.png": ("tokens per utterance", {
-                "human": self.utterance_tokens[HUMAN], "assistant": self.utterance_tokens[GPT]}),
-            "tokens_per_session.png": ("tokens per session", {"all": self.session_tokens}),
-        }
-        paths = []
-        for name, (xlabel, series) in figures.items():
-            fig, ax = plt.subplots(figsize=(6, 4))
-            for label, values in series.items():
+
+def plot_corpora(corpora: list[tuple[str, "CorpusStats"]], out_dir) -> list[str]:
+    """One PNG per measure, a histogram per corpus (and per role for utterances); densities when comparing."""
+    from pathlib import Path
+
+    from model.plots import figure
+
+    several = len(corpora) > 1
+
+    def label(name: str, role: str) -> str:
+        return " ".join(x for x in (name if several else "", role) if x) or "all"
+
+    figures = {
+        "rounds_per_session.png": ("rounds per session", [(label(n, ""), c.rounds) for n, c in corpora]),
+        "tokens_per_utterance.png": ("tokens per utterance", [
+            (label(n, ROLES[r]), c.utterance_tokens[r]) for n, c in corpora for r in (HUMAN, GPT)]),
+        "tokens_per_session.png": ("tokens per session", [(label(n, ""), c.session_tokens) for n, c in corpora]),
+    }
+    paths = []
+    for file, (xlabel, series) in figures.items():
+        path = Path(out_dir) / file
+        with figure(path, figsize=(6, 4)) as (fig, ax):
+            for name, values in series:
                 if values:
-                    ax.hist(values, bins=50, alpha=0.6, label=label)
+                    ax.hist(values, bins=50, alpha=0.5, label=name, density=several)
             ax.set_xlabel(xlabel)
-            ax.set_ylabel("count")
+            ax.set_ylabel("density" if several else "count")
             if len(series) > 1:
                 ax.legend()
-            fig.tight_layout()
-            fig.savefig(out / name, dpi=100)
-            plt.close(fig)
-            paths.append(str(out / name))
-        return paths
+        paths.append(str(path))
+    return paths

@@ -1,26 +1,28 @@
 """`python -m data.prepare`: every sub-command on small real-format fixtures and on real data.
 
 The split is verified the way training will see it: every segment is rendered with model.dyadic and
-tokenised, and must fit; a conversation's segments, concatenated, give back all its rounds.
+tokenised, and must fit; later segments start with the answer their first question follows; dropping
+those carried answers, a conversation's segments concatenate back to its turns. The faithful-to-the-
+original rules (clean --rules paper, seeds, baselines) are tested in tests/test_prepare_paper.py.
 """
 from __future__ import annotations
 
 import itertools
 import json
+import re
 import subprocess
-from collections import Counter, defaultdict
+from collections import defaultdict
 from pathlib import Path
 
 import pytest
 
-from model.conversation import (GPT, HUMAN, BadRecord, Conversation, Turn, iter_conversations, parse_record,
-                                read_json_records)
-from model.dyadic import Template, default_system
+from model.conversation import (GPT, HUMAN, BadRecord, BadRecordSummary, Conversation, Turn, iter_conversations,
+                                parse_record, read_json_records)
+from model.dyadic import Template, default_system, show
 from tests.conftest import PYTHON, ROOT, env_offline
 
 from data.clean import Cleaner, clean_text
-from data.sampling import quotas
-from data.split import Splitter, round_starts
+from data.split import Splitter, rejoin, round_starts
 
 HTML_ANSWER = (
     '<div class="markdown prose w-full break-words dark:prose-invert light"><p>Use a <strong>list '
@@ -163,14 +165,16 @@ def test_clean_resumes_after_an_interruption(tmp_path, monkeypatch):
     monkeypatch.setattr(clean_module.Cleaner, "clean_one", interrupted_at_c33)
     assert main([str(a) for a in [*args, "--out", out]]) == 130
     partial = tmp_path / "out.json.partial.jsonl"
-    assert not out.exists() and len(partial.read_text().splitlines()) == 30
+    rows = [json.loads(line) for line in partial.read_text().splitlines()]
+    assert not out.exists() and len([r for r in rows if "conversations" in r]) == 30  # three chunks and
+    assert len(rows) == 33  # their checkpoints
     monkeypatch.undo()
     proc = prepare(*args, "--out", out, "--report", tmp_path / "counts.json")
     assert "resuming: 30 input conversations already done" in proc.stderr
     assert out.read_text() == ref.read_text()
     assert json.loads((tmp_path / "counts.json").read_text()) == json.loads((tmp_path / "ref_counts.json").read_text())
     assert json.loads((tmp_path / "counts.json").read_text())["duplicates"] == 1
-    assert not partial.exists() and not (tmp_path / "out.json.partial.json").exists()
+    assert not partial.exists()
 
 
 # --- split ----------------------------------------------------------------------------------------
@@ -179,31 +183,58 @@ def token_count(tokenizer, template: Template, conv: Conversation, train_role: s
     return len(tokenizer(text, add_special_tokens=template.add_special_tokens)["input_ids"])
 
 
+def expected_turns(conv: Conversation, carry: bool, keep_trailing: bool = False) -> list[Turn]:
+    """The turns a split keeps: no trailing unanswered question; no leading answers without carry."""
+    turns = conv.turns
+    if turns[-1].role == HUMAN and len(turns) > 1 and not keep_trailing:
+        turns = turns[:-1]
+    return turns if carry else turns[round_starts(turns)[0]:]
+
+
 def verify_split(source: list[Conversation], segments: list[Conversation], tokenizer, max_length: int,
-                 train_role=HUMAN, template="dyadic", too_long=()) -> int:
-    """Every segment fits (or is one reported round); segments rejoin to the source; packing is greedy."""
+                 train_role=HUMAN, template="dyadic", too_long=(), carry=True) -> tuple[int, int]:
+    """Every multi-round segment fits; later segments start with the answer before their first question
+    unless [answer, question] does not fit; without the carried answers, segments rejoin to the source;
+    packing is greedy. Returns (conversations split, segments carrying an answer)."""
     tpl = Template(tokenizer, template)
+
+    def n(turns: list[Turn]) -> int:
+        return token_count(tokenizer, tpl, Conversation("x", turns), train_role)
+
     parts = defaultdict(list)
     for seg in segments:
         base, k = seg.id.rsplit("_", 1)
         parts[base].append((int(k), seg))
-        assert seg.turns[0].role == HUMAN
-        n = token_count(tokenizer, tpl, seg, train_role)
-        if n > max_length:
-            assert seg.id in too_long and len(round_starts(seg.turns)) == 1, (seg.id, n)
-    n_split = 0
+        if n(seg.turns) > max_length:
+            assert seg.id in too_long and len(round_starts(seg.turns)) == 1, (seg.id, n(seg.turns))
+    n_split = n_carried = 0
     for conv in source:
+        turns = expected_turns(conv, carry)
+        if not round_starts(turns):
+            continue
         segs = [s for _, s in sorted(parts.pop(conv.id))]
         assert [int(s.id.rsplit("_", 1)[1]) for s in segs] == list(range(len(segs)))
-        turns = conv.turns[round_starts(conv.turns)[0]:]
-        assert [t for s in segs for t in s.turns] == turns  # no round lost, order kept
+        lead = round_starts(turns)[0]
+        rebuilt = []
+        if segs[0].turns[0].role == HUMAN and lead:  # the leading answers did not fit before the question
+            assert n(turns[: lead + 1]) > max_length
+            rebuilt = turns[:lead]
+        for k, seg in enumerate(segs):
+            t = seg.turns
+            if k and t[0].role != HUMAN:  # the carried answer: context, already in the previous segment
+                assert carry and t[0] == rebuilt[-1]
+                t, n_carried = t[1:], n_carried + 1
+            elif k and carry and rebuilt[-1].role != HUMAN:
+                assert n([rebuilt[-1], t[0]]) > max_length  # carrying it would have cut the question
+            rebuilt += t
+        assert rebuilt == turns  # no turn lost, order kept
         n_split += len(segs) > 1
         for a, b in zip(segs, segs[1:]):  # greedy: the next round would not have fitted
-            nxt = b.turns[: (round_starts(b.turns) + [len(b.turns)])[1]]
-            merged = Conversation(a.id, a.turns + nxt, a.system)
-            assert token_count(tokenizer, tpl, merged, train_role) > max_length
+            rounds = b.turns[round_starts(b.turns)[0]:]
+            nxt = rounds[: (round_starts(rounds) + [len(rounds)])[1]]
+            assert n(a.turns + nxt) > max_length
     assert not parts
-    return n_split
+    return n_split, n_carried
 
 
 @pytest.fixture(scope="module")
@@ -223,49 +254,92 @@ def sharegpt_slice(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def sharegpt_long(tmp_path_factory) -> Path:
+    """Long multi-round conversations: the V3 file's pieces (already cut at 2048, ``<id>_<start turn>``)
+    rejoined by id, the carried answer they share kept once; the first 30 that have 6 rounds or more."""
+    from model.assets import sharegpt_file
+
+    pieces = iter_conversations(sharegpt_file(), summary=BadRecordSummary(show_first=0))
+    long = (c for c in rejoin(itertools.islice(pieces, 1500)) if len(round_starts(c.turns)) >= 6)
+    path = tmp_path_factory.mktemp("sharegpt") / "long.json"
+    path.write_text(json.dumps([c.to_sharegpt() for c in itertools.islice(long, 30)]))
+    return path
+
+
+def test_rejoin_undoes_the_v3_split():
+    """The V3 pieces of one id overlap by the answer the original split carried: rejoined, it appears once,
+    and every piece sits at its start turn (checked for ids whose pieces have no gap between them)."""
+    from model.assets import sharegpt_file
+
+    pieces = list(itertools.islice(iter_conversations(sharegpt_file(), summary=BadRecordSummary(show_first=0)),
+                                   300))
+    joined = {c.id: c for c in rejoin(pieces)}
+    groups = defaultdict(list)
+    for p in pieces:
+        base, start = p.id.rsplit("_", 1)
+        groups[base].append((int(start), p))
+    checked = 0
+    for base, group in groups.items():
+        ends = [s + len(p.turns) for s, p in group]
+        if len(group) < 2 or any(s > end for (s, _), end in zip(group[1:], ends)):
+            continue
+        whole = joined[base].turns
+        assert len(whole) == ends[-1]
+        assert all(whole[s: s + len(p.turns)] == p.turns for s, p in group)
+        checked += sum(s < end for (s, _), end in zip(group[1:], ends))  # pieces sharing a turn
+    assert checked >= 20
+
+
 @pytest.mark.parametrize("train_role,template", [(HUMAN, "dyadic"), (GPT, "dyadic"), (HUMAN, "chat")])
-def test_split_segments_fit_as_rendered_tiny(tiny_tokenizer, sharegpt_slice, train_role, template):
-    convs = load(sharegpt_slice)[:15]
-    splitter = Splitter(tiny_tokenizer, 700, train_role, template, min_turns=1, dedup=False)
+def test_split_segments_fit_as_rendered_tiny(tiny_tokenizer, sharegpt_long, train_role, template):
+    convs = load(sharegpt_long)[:12]
+    splitter = Splitter(tiny_tokenizer, 2000, train_role, template, min_turns=1, dedup=False)
     segments = list(splitter.run(convs))
-    n_split = verify_split(convs, segments, tiny_tokenizer, 700, train_role, template, splitter.too_long)
+    carry = train_role == HUMAN  # the default: the carried answer would be trained in PlatoLM
+    n_split, n_carried = verify_split(convs, segments, tiny_tokenizer, 2000, train_role, template,
+                                      splitter.too_long, carry)
     assert n_split >= 5 and splitter.counts["conversations split"] == n_split
+    assert n_carried == splitter.counts["segments carrying an answer"] and (n_carried > 0) == carry
 
 
 class OptimisticSplitter(Splitter):
-    """Fault injection: halves every round's estimated cost, so the exact check must repair the plan."""
+    """Fault injection: halves every turn's estimated cost, so the exact check must repair the plan."""
 
     def estimate(self, *args):
-        sys_cost, costs = super().estimate(*args)
-        return sys_cost, [c // 2 for c in costs]
+        sys_cost, edges = super().estimate(*args)
+        return sys_cost, [e // 2 for e in edges]
 
 
-def test_split_exact_check_repairs_a_wrong_estimate(tiny_tokenizer, sharegpt_slice):
-    convs = load(sharegpt_slice)[:15]
-    splitter = OptimisticSplitter(tiny_tokenizer, 700, min_turns=1, dedup=False)
+def test_split_exact_check_repairs_a_wrong_estimate(tiny_tokenizer, sharegpt_long):
+    convs = load(sharegpt_long)[:12]
+    splitter = OptimisticSplitter(tiny_tokenizer, 2000, min_turns=1, dedup=False)
     segments = list(splitter.run(convs))
     assert splitter.counts["rounds moved after the exact check"] > 0
-    assert verify_split(convs, segments, tiny_tokenizer, 700, too_long=splitter.too_long) >= 5
+    assert verify_split(convs, segments, tiny_tokenizer, 2000, too_long=splitter.too_long)[0] >= 5
 
 
-def test_split_real_sharegpt_smollm2(smollm2_tokenizer, sharegpt_slice):
-    convs = load(sharegpt_slice)
-    splitter = Splitter(smollm2_tokenizer, 512, min_turns=1, dedup=False)
+def test_split_no_carry_answer_is_the_old_rule(smollm2_tokenizer, sharegpt_long):
+    convs = load(sharegpt_long)
+    splitter = Splitter(smollm2_tokenizer, 1024, min_turns=1, dedup=False, carry_answer=False,
+                        keep_trailing_question=True)
     segments = list(splitter.run(convs))
-    assert verify_split(convs, segments, smollm2_tokenizer, 512, too_long=splitter.too_long) >= 10
-    assert splitter.too_long  # real ShareGPT has single rounds above 512 tokens: kept alone, reported
-    assert splitter.counts["over-long single rounds kept"] == len(splitter.too_long)
+    assert all(s.turns[0].role == HUMAN for s in segments)
+    rebuilt = defaultdict(list)
+    for s in segments:
+        rebuilt[s.id.rsplit("_", 1)[0]] += s.turns
+    assert all(rebuilt[c.id] == expected_turns(c, carry=False, keep_trailing=True) for c in convs)
+    assert splitter.counts["segments carrying an answer"] == 0
 
 
-def test_split_oasst_threads(shared_data, smollm2_tokenizer):
-    convs = load(shared_data / "oasst" / "oasst_en100_threads.sharegpt.json")[:120]
-    splitter = Splitter(smollm2_tokenizer, 256, train_role=GPT, min_turns=1, dedup=False)
-    segments = list(splitter.run(convs))
-    assert verify_split(convs, segments, smollm2_tokenizer, 256, GPT, too_long=splitter.too_long) >= 20
-    # threads of one tree share their opening rounds: the default run drops the repeated segments
-    dedup = Splitter(smollm2_tokenizer, 256, train_role=GPT)
-    kept = list(dedup.run(convs))
-    assert dedup.counts["duplicate segments dropped"] > 0
+def test_split_dedup_drops_repeated_opening_rounds(smollm2_tokenizer, sharegpt_long):
+    """Threads that share their opening rounds (OASST-style branches) give repeated segments: dropped."""
+    convs = load(sharegpt_long)[:10]
+    branches = [Conversation(f"{c.id}-branch", c.turns[:4] + [Turn(HUMAN, "And one more thing: why?"),
+                                                              Turn(GPT, "Because it is so.")]) for c in convs]
+    splitter = Splitter(smollm2_tokenizer, 512)
+    kept = list(splitter.run(convs + branches))
+    assert splitter.counts["duplicate segments dropped"] > 0
     assert len({tuple((t.role, t.text) for t in s.turns) for s in kept}) == len(kept)
 
 
@@ -275,75 +349,77 @@ def test_split_cli_contract_and_over_long_round(tmp_path, tiny_dir, sharegpt_sli
     long_round = Conversation("huge", [Turn(HUMAN, "Repeat this. " * 400), Turn(GPT, "Done."),
                                        Turn(HUMAN, "Thanks, and what is 2 + 2?"), Turn(GPT, "4.")])
     src.write_text("".join(json.dumps(c.to_messages()) + "\n" for c in [long_round, *convs]))
-    proc = prepare("split", "--in", src, "--out", out, "--tokenizer", tiny_dir, "--max-length", 600,
+    proc = prepare("split", "--data", src, "--out", out, "--tokenizer", tiny_dir, "--max-length", 600,
                    "--report", report, "--min-turns", 1, "--keep-duplicates")
     assert out.read_text().lstrip().startswith("[")  # a ShareGPT JSON array
     segments = load(out)
-    assert all(r["conversations"][0]["from"] == HUMAN for r in json.loads(out.read_text()))
     counts = json.loads(report.read_text())
     assert "huge_0" in counts["over-long segments"] and "huge_0" in proc.stderr
     assert [s.id for s in segments if s.id.startswith("huge_")] == ["huge_0", "huge_1"]
+    assert [t.text for t in segments[1].turns] == ["Done.", "Thanks, and what is 2 + 2?", "4."]  # carried
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
-    verify_split([long_round, *convs], segments, tokenizer, 600, too_long=counts["over-long segments"])
+    _, carried = verify_split([long_round, *convs], segments, tokenizer, 600, too_long=counts["over-long segments"])
+    assert carried == counts["segments carrying an answer"] > 0
+    assert f"{carried:>8}  segments carrying an answer" in proc.stderr
+
+
+def test_split_real_sharegpt_cli_carries_the_answer(tmp_path, sharegpt_long, smollm2_tokenizer):
+    """Done-criterion of the original's rule on real ShareGPT (long conversations rejoined from the V3 pieces):
+    multi-round segments fit as model.dyadic renders them, later segments start with the carried answer,
+    and dropping those, a conversation's segments concatenate back to its turns."""
+    out, report = tmp_path / "split.jsonl", tmp_path / "report.json"
+    proc = prepare("split", "--data", sharegpt_long, "--out", out, "--tokenizer", "smollm2", "--max-length", 1024,
+                   "--min-turns", 1, "--keep-duplicates", "--report", report)
+    counts = json.loads(report.read_text())
+    n_split, carried = verify_split(load(sharegpt_long), load(out), smollm2_tokenizer, 1024,
+                                    too_long=counts["over-long segments"])
+    assert n_split == counts["conversations split"] >= 20
+    assert carried == counts["segments carrying an answer"] >= 50
+    assert f"{carried:>8}  segments carrying an answer" in proc.stderr
+
+
+def trained_ids(encoder, conv: Conversation) -> list[int]:
+    from model.dyadic import IGNORE_INDEX
+
+    return [x for x in encoder.encode(conv)["labels"] if x != IGNORE_INDEX]
+
+
+@pytest.mark.parametrize("tokenizer", ["tiny_tokenizer", "smollm2_tokenizer"])
+def test_carried_answer_is_context_in_socratic(request, tokenizer, sharegpt_long):
+    """model.dyadic's Encoder trains every turn of the trained role: for Socratic (human) the carried answer
+    gets no loss, and the segment trains exactly the tokens it trains without it. For PlatoLM (gpt) it would
+    be trained (again), which is why --train-role gpt does not carry by default."""
+    from model.dyadic import Encoder
+
+    tok = request.getfixturevalue(tokenizer)
+    segments = list(Splitter(tok, 1024, min_turns=1, dedup=False).run(load(sharegpt_long)[:6]))
+    carrying = [s for s in segments if s.turns[0].role == GPT][:5]
+    assert carrying
+    socratic, platolm = Encoder(tok, HUMAN, max_length=100_000), Encoder(tok, GPT, max_length=100_000)
+    for seg in carrying:
+        bare = Conversation(seg.id, seg.turns[1:])
+        assert trained_ids(socratic, seg) == trained_ids(socratic, bare)
+        answer_ids = tok(seg.turns[0].text, add_special_tokens=False)["input_ids"]
+        assert len(trained_ids(platolm, seg)) >= len(trained_ids(platolm, bare)) + len(answer_ids) // 2
+        shown = show(socratic.encode(seg), tok, color=False)
+        assert seg.turns[0].text[:40] not in "".join(re.findall(r"\[\[(.*?)\]\]", shown, re.S))
 
 
 # --- convert --------------------------------------------------------------------------------------
-def test_convert_round_trip_through_messages_and_datasets(tmp_path, shared_data):
-    src = shared_data / "oasst" / "oasst_en100_threads.sharegpt.json"
-    original = load(src)
-    prepare("convert", "--in", src, "--out", tmp_path / "m.jsonl", "--to", "messages")
+def test_convert_round_trip_through_messages_and_datasets(tmp_path, sharegpt_slice):
+    original = load(sharegpt_slice)
+    prepare("convert", "--data", sharegpt_slice, "--out", tmp_path / "m.jsonl", "--to", "messages")
     first = json.loads((tmp_path / "m.jsonl").read_text().splitlines()[0])
     assert first["messages"][0]["role"] == "user" and first["id"] == original[0].id
     prepare("convert", "--in", tmp_path / "m.jsonl", "--out", tmp_path / "hf", "--to", "hf")
     import datasets
 
     assert len(datasets.load_from_disk(str(tmp_path / "hf"))) == len(original)
-    prepare("convert", "--in", tmp_path / "hf", "--out", tmp_path / "back.json", "--to", "sharegpt")
+    prepare("convert", "--data", tmp_path / "hf", "--out", tmp_path / "back.json", "--to", "sharegpt")
     back = load(tmp_path / "back.json")
     assert [(c.id, c.turns) for c in back] == [(c.id, c.turns) for c in original]
-
-
-# --- seeds ----------------------------------------------------------------------------------------
-def test_seeds_from_wizardlm_and_sharegpt(tmp_path, sharegpt_slice):
-    wiz = tmp_path / "wizard.json"
-    items = [{"instruction": f"Question number {i}?", "output": f"Answer {i}."} for i in range(30)]
-    items.append({"idx": "v2_0", "conversations": [{"from": "human", "value": "Evolved question?"},
-                                                   {"from": "gpt", "value": "Evolved answer."},
-                                                   {"from": "human", "value": "Follow-up?"},
-                                                   {"from": "gpt", "value": "More."}]})
-    items.append({"instruction": "", "output": "no question"})
-    wiz.write_text(json.dumps(items))
-    proc = prepare("seeds", "--in", wiz, "--out", tmp_path / "s.json", "--source", "wizardlm", "--n", 100)
-    seeds = load(tmp_path / "s.json")
-    assert len(seeds) == 31 and "missing 'instruction'" in proc.stderr
-    assert all(len(s.turns) == 2 and s.turns[0].role == HUMAN for s in seeds)
-    assert seeds[-1].turns[0].text == "Evolved question?" and seeds[-1].turns[1].text == "Evolved answer."
-    prepare("seeds", "--in", wiz, "--out", tmp_path / "a.json", "--source", "wizardlm", "--n", 5, "--seed", 1)
-    prepare("seeds", "--in", wiz, "--out", tmp_path / "b.json", "--source", "wizardlm", "--n", 5, "--seed", 1)
-    assert (tmp_path / "a.json").read_text() == (tmp_path / "b.json").read_text()
-    assert len(load(tmp_path / "a.json")) == 5
-    prepare("seeds", "--in", sharegpt_slice, "--out", tmp_path / "sg.json", "--source", "sharegpt", "--n", 10)
-    sg = load(tmp_path / "sg.json")
-    firsts = {c.id: next(c.turns[i:i + 2] for i in range(len(c.turns))
-                         if c.turns[i].role == HUMAN and c.turns[i + 1].role == GPT) for c in load(sharegpt_slice)}
-    assert len(sg) == 10 and all(s.turns == firsts[s.id] for s in sg)
-
-
-def test_seeds_from_dolly_are_stratified(tmp_path):
-    dolly = tmp_path / "dolly.jsonl"
-    cats = ["open_qa"] * 60 + ["summarization"] * 30 + ["creative_writing"] * 10
-    with dolly.open("w") as f:
-        for i, cat in enumerate(cats):
-            f.write(json.dumps({"instruction": f"Task {i}", "context": "Some context." if i % 2 else "",
-                                "response": f"Response {i}", "category": cat}) + "\n")
-    prepare("seeds", "--in", dolly, "--out", tmp_path / "d.json", "--source", "dolly", "--n", 20)
-    rows = json.loads((tmp_path / "d.json").read_text())
-    assert Counter(r["category"] for r in rows) == {"open_qa": 12, "summarization": 6, "creative_writing": 2}
-    with_context = [r for r in rows if int(r["id"].split("_")[1]) % 2]
-    assert all(r["conversations"][0]["value"].endswith("\n\nSome context.") for r in with_context)
-    assert quotas(Counter(a=1, b=1, c=1), 2) == {"a": 1, "b": 1, "c": 0}
 
 
 # --- stats ----------------------------------------------------------------------------------------
@@ -375,6 +451,52 @@ def test_stats_cli_json_table_and_plots(tmp_path, tiny_dir, capsys):
     assert "tokens / utterance" in table and f"{stats['avg_human_utterance_tokens']:>12}" in table
 
 
+def test_stats_side_by_side(tmp_path, tiny_dir, tiny_tokenizer, capsys):
+    """Several corpora in one table, a column each; --json gives one object per corpus."""
+    from data.prepare import main
+    from data.stats import CorpusStats
+
+    files = {"Socratic": [sharegpt("s", "Why is the sky blue?", "Rayleigh scattering.", "And at sunset?", "Red.")],
+             "role-play": [sharegpt("r", "Name a colour.", "Blue.")],
+             "ShareGPT": [sharegpt("g", "Hi there, who are you?", "An assistant.")] * 3}
+    paths = []
+    for name, convs in files.items():
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(convs))
+    one_each = [CorpusStats(tiny_tokenizer).add_all(load(p)).summary() for p in paths]
+    proc = prepare("stats", "--data", *paths, "--name", *files, "--tokenizer", tiny_dir, "--json",
+                   "--plots", tmp_path / "plots")
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r.pop("name") for r in rows] == list(files) and rows == one_each
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == [
+        "rounds_per_session.png", "tokens_per_session.png", "tokens_per_utterance.png"]
+    assert main(["stats", "--data", *map(str, paths), "--name", *files, "--tokenizer", str(tiny_dir)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == list(files)
+    assert table[1].split() == ["sessions", "1", "1", "3"]
+    assert table[5].split() == ["rounds", "/", "session", "2.0", "1.0", "1.0"]
+    assert main(["stats", "--data", *map(str, paths), "--name", "one", "--tokenizer", str(tiny_dir)]) == 2
+    assert "--name gives 1 names for 3 --data inputs" in capsys.readouterr().err
+
+
+# --- truncate -------------------------------------------------------------------------------------
+def test_truncate_to_k_rounds(tmp_path):
+    src, out, report = tmp_path / "sessions.jsonl", tmp_path / "k2.jsonl", tmp_path / "report.json"
+    sessions = [{**sharegpt(f"s{r}", *[f"{w} {i}" for i in range(r) for w in ("Question", "Answer")]),
+                 "num_of_rounds": r, "end_reason": "context_full"} for r in (1, 2, 3, 5)]
+    src.write_text("".join(json.dumps(s) + "\n" for s in sessions))
+    proc = prepare("truncate", "--data", src, "--out", out, "--rounds", 2, "--report", report)
+    cut = {c.id: c for c in load(out)}
+    assert {k: len(round_starts(c.turns)) for k, c in cut.items()} == {"s1": 1, "s2": 2, "s3": 2, "s5": 2}
+    assert [t.text for t in cut["s5"].turns] == ["Question 0", "Answer 0", "Question 1", "Answer 1"]
+    assert all(c.extra["num_of_rounds"] == len(round_starts(c.turns)) for c in cut.values())
+    counts = json.loads(report.read_text())
+    assert counts["cut"] == 2 and counts["shorter"] == 1 and counts["shorter ids"] == ["s1"]
+    assert "2 cut to their first 2 rounds, 1 had fewer" in proc.stderr
+    prepare("truncate", "--data", src, "--out", out, "--rounds", 2, "--drop-shorter")
+    assert sorted(c.id for c in load(out)) == ["s2", "s3", "s5"]
+
+
 def test_the_chain_on_real_sharegpt_with_the_smollm2_alias(tmp_path, sharegpt_slice, smollm2_tokenizer):
     """clean -> split -> stats as commands on real ShareGPT, with the command-line contract's options."""
     clean, out, report = tmp_path / "clean.json", tmp_path / "split.json", tmp_path / "report.json"
@@ -392,30 +514,3 @@ def test_the_chain_on_real_sharegpt_with_the_smollm2_alias(tmp_path, sharegpt_sl
     assert stats["sessions"] == len(segments)
     assert stats["utterances"] == sum(len(s.turns) for s in segments)
     assert stats["avg_rounds"] == round(sum(len(round_starts(s.turns)) for s in segments) / len(segments), 2)
-
-
-# --- baseline -------------------------------------------------------------------------------------
-def test_baseline_ultrachat_baize_sharegpt(tmp_path, sharegpt_slice):
-    ultra = tmp_path / "ultrachat.jsonl"
-    ultra.write_text("".join(json.dumps({"id": str(i), "data": [f"Question {i}?", f"Answer {i}.", "More?", "Yes."]})
-                             + "\n" for i in range(50)))
-    prepare("baseline", "--source", "ultrachat", "--in", ultra, "--out", tmp_path / "u.json", "--n", 10)
-    u = load(tmp_path / "u.json")
-    assert len(u) == 10 and [t.role for t in u[0].turns] == [HUMAN, GPT, HUMAN, GPT]
-    assert u[0].turns[0].text == f"Question {u[0].id}?"
-
-    baize = tmp_path / "baize.json"
-    baize.write_text(json.dumps([{"topic": "Cooking", "input": (
-        "The conversation between human and AI assistant.\n[|Human|] How do I boil an egg?\n"
-        "[|AI|] Put it in boiling water for nine minutes.\n[|Human|] And soft-boiled?\n"
-        "[|AI|] About six minutes.\n[|Human|] ")}, {"topic": "Broken", "input": 42}]))
-    proc = prepare("baseline", "--source", "baize", "--in", baize, "--out", tmp_path / "b.json")
-    (b,) = load(tmp_path / "b.json")
-    assert [(t.role, t.text) for t in b.turns] == [
-        (HUMAN, "How do I boil an egg?"), (GPT, "Put it in boiling water for nine minutes."),
-        (HUMAN, "And soft-boiled?"), (GPT, "About six minutes.")]
-    assert b.extra["topic"] == "Cooking" and "missing 'input'" in proc.stderr
-
-    prepare("baseline", "--source", "sharegpt", "--in", sharegpt_slice, "--out", tmp_path / "s.jsonl", "--n", 7)
-    rows = [json.loads(line) for line in (tmp_path / "s.jsonl").read_text().splitlines()]
-    assert len(rows) == 7 and all(r["source"] == "sharegpt" for r in rows)
