@@ -223,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="socratic: a trained simulator (default); roleplay: a chat model prompted to act as "
                         "the user (the paper's static role-play baseline)")
     g.add_argument("--roleplay-prompt", default=str(DEFAULT_ROLEPLAY_PROMPT),
-                   help="role-play system prompt, with a {conversation} placeholder (default: %(default)s)")
+                   help="role-play system prompt with a {conversation} placeholder (default data/prompts/roleplay.txt)")
     g.add_argument("--simulator-model", help="model name at the endpoint (default: the first it lists)")
     g.add_argument("--simulator-api-key-env", help="environment variable holding the simulator endpoint's key")
     g.add_argument("--simulator-system", help="system prompt of a socratic simulator (default: Socratic's)")

@@ -14,6 +14,47 @@ of that turn's BOS to the last character of its EOS (one vectorised pass over th
 The ``chat`` template uses the tokenizer's own chat template instead; there a trained span is a
 message's content plus the end-of-turn marker that follows it.
 
+The dyadic format as a chat template (for servers that render one: ``vllm serve``, TGI,
+``tokenizer.apply_chat_template``): :data:`PLATOLM_CHAT_TEMPLATE` and :data:`SOCRATIC_CHAT_TEMPLATE`
+are Jinja strings that render OpenAI messages (an optional first ``system``, then ``user`` = the
+human's turns and ``assistant`` = the assistant's turns, the convention of ``model.serve --role
+human`` too) exactly as :class:`Template` renders the conversation, with the role's paper system
+prompt when the request has none. PlatoLM's generation prompt opens an assistant turn
+(``Assistant: <s>``); Socratic's opens a *human* turn (``Human: <s>``), so a plain ``vllm serve
+SOCRATIC_CHECKPOINT`` writes the next question, also from a request with only a system message (the
+free mode's opening; the template renders an empty message list too, which transformers'
+``apply_chat_template`` refuses before rendering). Servers tokenise the rendered text without adding special
+tokens, while :class:`Encoder` calls ``tokenizer(text)``; so the template starts with ``bos_token``
+exactly when the tokenizer's post-processor adds one (LLaMA: yes; SmolLM2: no), which
+:func:`dyadic_chat_template` decides per tokenizer and :func:`install_chat_template` checks on a probe
+conversation (same token ids both ways) before writing it into the tokenizer. The trainer does that
+for every ``--template dyadic`` run, so each saved checkpoint carries its role's template.
+
+Tokenizer parity with the original (LLaMA's sentencepiece tokenizer). The original trained with the
+*slow* ``LlamaTokenizer`` of transformers 4.28: the text is split at special tokens (``<s>``,
+``</s>``, ...), the whitespace on both sides of each is dropped (the special tokens were re-added as
+plain strings, which that version stripped around), every remaining piece is encoded by
+sentencepiece with its dummy prefix (so a turn's first word is ``▁Word``), and ``<s>`` is prepended.
+transformers 5 loads a LLaMA tokenizer as a fast Metaspace tokenizer that prefixes ``▁`` only at the
+very start of the text (``legacy=False``) and keeps the space of ``"Human: "`` as its own ``▁`` token
+before ``<s>``: the first token of every turn and of every role prefix differs from the original.
+:func:`match_slow_llama` makes such a tokenizer give the slow tokenizer's ids (``▁`` prefix on every
+piece, and ``<s>``/``</s>`` that absorb the whitespace around them); the trainer applies it by default
+(``--tokenization original``) to dyadic runs, and the saved tokenizer keeps it. Tokenizers that are not
+sentencepiece-style (SmolLM2's byte-level BPE, the tests' tiny one) are left as they are. A literal
+special-token string inside a message (``<s>`` in a question about LLaMA) is read as that special token,
+by the original's tokenizer as by these (the whitespace around it dropped, as there); the trained span
+still covers the whole turn. tests/test_tokenizer_parity.py checks ids *and* labels against sentencepiece
+driven as the 4.28 slow tokenizer drove it, with the original ``preprocess``'s masking. (transformers 5's
+own slow backend, ``SentencePieceBackend``, no longer strips around special tokens: it is no reference.)
+The original's generation server used the *fast* tokenizer of its day (by our reading of its
+``tokenizer.json``, a ``▁`` piece before each ``<s>``), so its Socratic saw slightly different ids at
+generation than in training; here the saved tokenizer serves both.
+
+Learned end of conversation: a Socratic trained with ``--end_token`` writes :data:`END_OF_CONVERSATION`
+as the human's next turn after the last answer of a conversation that really ended
+(:func:`really_ended`).
+
 Usage::
 
     python -m model.dyadic --tokenizer smollm2 --data convs.json --train-role human \\
@@ -27,10 +68,13 @@ import sys
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
 
+from pathlib import Path
+
 import numpy as np
 
 from model.conversation import (GPT, HUMAN, BadRecord, BadRecordSummary, Conversation, Turn,
                                 TO_OPENAI_ROLE, atomic_write, iter_conversations)
+from model.runner import UsageError, command
 
 SOCRATIC_SYSTEM = (
     "A chat between a curious human and an artificial intelligence assistant. The human can ask "
@@ -43,6 +87,9 @@ PLATOLM_SYSTEM = (
 )
 SYSTEM_PROMPTS = {HUMAN: SOCRATIC_SYSTEM, GPT: PLATOLM_SYSTEM}
 ROLE_PREFIX = {HUMAN: "Human: ", GPT: "Assistant: "}
+# The human turn a simulator trained with --end_token writes when the conversation is over (plain text:
+# any server can return it, no special token is needed).
+END_OF_CONVERSATION = "<|end_of_conversation|>"
 TEMPLATES = ("dyadic", "chat")
 IGNORE_INDEX = -100
 _SENTINEL = "\uE000PLATOLM_NEXT_TURN\uE000"  # private-use chars: never in real text
@@ -147,6 +194,158 @@ def default_system(train_role: str, conv: Conversation | None = None, override: 
     if conv is not None and conv.system is not None:
         return conv.system
     return SYSTEM_PROMPTS[train_role]
+
+
+# -- the dyadic format as a chat template ---------------------------------------------------------
+
+_CHAT_TEMPLATE_SKELETON = """\
+{#- PlatoLM's dyadic format (model.dyadic): `user` = the human's turns, `assistant` = the assistant's -#}
+{%- set bos = bos_token if bos_token is defined and bos_token else '' -%}
+{%- set eos = eos_token if eos_token is defined and eos_token else '' -%}
+{%- if messages and messages[0]['role'] == 'system' -%}
+    {%- set system = messages[0]['content'] -%}
+    {%- set turns = messages[1:] -%}
+{%- else -%}
+    {%- set system = @SYSTEM@ -%}
+    {%- set turns = messages -%}
+{%- endif -%}
+@LEADING_BOS@{{- system -}}
+{%- for m in turns -%}
+    {%- if m['role'] == 'user' -%}
+        {{- @HUMAN@ + bos + m['content'] + eos -}}
+    {%- elif m['role'] == 'assistant' -%}
+        {{- @GPT@ + bos + m['content'] + eos -}}
+    {%- else -%}
+        {{- raise_exception('the dyadic template takes user and assistant messages after an optional first '
+                            ~ 'system message, not ' ~ m['role']) -}}
+    {%- endif -%}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+    {{- @NEXT@ + bos -}}
+{%- endif -%}"""
+_LEADING_BOS = "{{- bos -}}\n"
+
+
+def _chat_template(role: str, leading_bos: bool) -> str:
+    """The skeleton filled in for the model that writes ``role`` turns (JSON strings are Jinja literals)."""
+    fill = {"@SYSTEM@": json.dumps(SYSTEM_PROMPTS[role]), "@HUMAN@": json.dumps(ROLE_PREFIX[HUMAN]),
+            "@GPT@": json.dumps(ROLE_PREFIX[GPT]), "@NEXT@": json.dumps(ROLE_PREFIX[role]),
+            "@LEADING_BOS@": _LEADING_BOS if leading_bos else ""}
+    text = _CHAT_TEMPLATE_SKELETON
+    for key, value in fill.items():
+        text = text.replace(key, value)
+    return text
+
+
+# Named templates, for tokenizers that add <s> themselves (LLaMA, the paper's): PlatoLM's generation prompt
+# opens an assistant turn, Socratic's a human turn.
+PLATOLM_CHAT_TEMPLATE = _chat_template(GPT, leading_bos=True)
+SOCRATIC_CHAT_TEMPLATE = _chat_template(HUMAN, leading_bos=True)
+CHAT_TEMPLATES = {"platolm": PLATOLM_CHAT_TEMPLATE, "socratic": SOCRATIC_CHAT_TEMPLATE}
+
+
+def tokenizer_adds_bos(tokenizer) -> bool:
+    """Whether ``tokenizer(text)`` puts the BOS token in front of the text by itself (LLaMA: yes)."""
+    bos = tokenizer.bos_token_id
+    added = tokenizer("a").input_ids[:1] == [bos] and tokenizer("a", add_special_tokens=False).input_ids[:1] != [bos]
+    return bos is not None and added
+
+
+def dyadic_chat_template(role: str, leading_bos: bool = True, tokenizer=None) -> str:
+    """The chat template of the model that writes ``role`` turns; with a tokenizer, its own BOS rule decides."""
+    if role not in (HUMAN, GPT):
+        raise ValueError(f"role must be {HUMAN!r} or {GPT!r}, not {role!r}")
+    return _chat_template(role, tokenizer_adds_bos(tokenizer) if tokenizer is not None else leading_bos)
+
+
+_PROBE = [Turn(HUMAN, "Hello there, how are you?"), Turn(GPT, "Fine, thanks! And you?"),
+          Turn(HUMAN, "Tell me about 东京 😀 and `x = 1`.")]
+
+
+def install_chat_template(tokenizer, role: str) -> str:
+    """Write the role's dyadic chat template into ``tokenizer``, after checking that it gives the token ids
+    the dyadic :class:`Template` gives (whole conversation and generation prompt); returns the template."""
+    template = dyadic_chat_template(role, tokenizer=tokenizer)
+    dyadic = Template(tokenizer)
+    system = SYSTEM_PROMPTS[role]
+    history = _PROBE if role == GPT else _PROBE[:2]
+    messages = [{"role": TO_OPENAI_ROLE[t.role], "content": t.text} for t in history]
+    pairs = [(dict(conversation=messages), dyadic.render(history, system).text),
+             (dict(conversation=messages, add_generation_prompt=True), dyadic.prompt_for(history, role, system))]
+    for kwargs, text in pairs:
+        rendered = tokenizer.apply_chat_template(**kwargs, tokenize=False, chat_template=template)
+        served = tokenizer(rendered, add_special_tokens=False).input_ids
+        if served != tokenizer(text).input_ids:
+            raise ValueError(f"{getattr(tokenizer, 'name_or_path', 'the tokenizer')}: the dyadic chat template "
+                             f"does not reproduce the dyadic token ids ({rendered!r}); the tokenizer treats text "
+                             f"after a special token differently (see model.dyadic.match_slow_llama)")
+    tokenizer.chat_template = template
+    return template
+
+
+# -- tokenizer parity with the original's slow LLaMA tokenizer ----------------------------------------
+
+def match_slow_llama(tokenizer) -> bool:
+    """Make a sentencepiece-style (Metaspace) fast tokenizer tokenise as the original's slow one; True if changed.
+
+    Every piece between special tokens gets sentencepiece's ``▁`` prefix (``legacy`` Metaspace, saved in
+    the tokenizer's config), and the special tokens (``<s>``, ``</s>``, ``<unk>``, an added ``<pad>``) absorb
+    the whitespace on both sides, as transformers 4.28 stripped it around special tokens the original re-added
+    as plain strings. Other tokenizers (byte-level BPE ...) are left alone.
+    """
+    from tokenizers import AddedToken, pre_tokenizers
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    pre = getattr(backend, "pre_tokenizer", None)
+    if not isinstance(pre, pre_tokenizers.Metaspace):
+        return False
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement=pre.replacement, prepend_scheme="always",
+                                                     split=pre.split)
+    tokenizer.legacy = True
+    tokenizer.init_kwargs["legacy"] = True  # transformers rebuilds the pre-tokenizer from it on loading
+    backend.add_special_tokens([AddedToken(t, lstrip=True, rstrip=True, special=True, normalized=False)
+                                for t in tokenizer.all_special_tokens])
+    return True
+
+
+# -- learned end of conversation -----------------------------------------------------------------
+
+LEARNED_END = "learned_end"  # the end_reason data.simulate records when the simulator wrote END_OF_CONVERSATION
+
+
+def _segment_chain(cid: str) -> list[tuple[str, int]]:
+    """``"X_3_1"`` -> [("X_3", 1), ("X", 3)]: every (base, segment number) its id nests."""
+    chain = []
+    while True:
+        base, sep, k = cid.rpartition("_")
+        if not (sep and base and k.isdigit()):
+            return chain
+        chain.append((base, int(k)))
+        cid = base
+
+
+def really_ended(convs: Sequence[Conversation]) -> list[bool]:
+    """Which conversations of one file really ended (a simulator learns to end after their last answer).
+
+    A record that says so (``"ended": true|false``) is believed. A simulated SocraticChat session (it has an
+    ``end_reason``) ended only if the simulator ended it (:data:`LEARNED_END`); the others were cut by the
+    context budget. Otherwise an id without a segment suffix ended, and a segment ``<id>_<k>`` ended when
+    it is the file's last segment of ``<id>`` (largest k) at every level of nesting (``data.split`` appends
+    ``_<k>`` to ShareGPT ids that are segments already: ``X_0_1`` is last only if ``X_1`` is absent too).
+    """
+    last: dict[str, int] = {}
+    for conv in convs:
+        for base, k in _segment_chain(conv.id):
+            last[base] = max(k, last.get(base, k))
+    out = []
+    for conv in convs:
+        if isinstance(conv.extra.get("ended"), bool):
+            out.append(conv.extra["ended"])
+        elif "end_reason" in conv.extra:
+            out.append(conv.extra["end_reason"] == LEARNED_END)
+        else:
+            out.append(all(k == last[base] for base, k in _segment_chain(conv.id)))
+    return out
 
 
 def labels_from_offsets(text: str, ids: Sequence[int], offsets: Sequence[tuple[int, int]],
@@ -281,6 +480,7 @@ def show(row: dict, tokenizer, color: bool | None = None) -> str:
     return f"--- {row['id']}: {len(ids)} tokens, {n_trained} trained ---\n" + "".join(out)
 
 
+@command
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m model.dyadic", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -299,44 +499,35 @@ def main(argv: list[str] | None = None) -> int:
 
     from model.assets import load_tokenizer
 
-    tokenizer = load_tokenizer(args.tokenizer)
-    try:
-        encoder = Encoder(tokenizer, args.train_role, args.template, args.max_length, args.system)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    if not Path(args.data).is_file():
+        raise UsageError(f"{args.data}: no such file")
+    encoder = Encoder(load_tokenizer(args.tokenizer), args.train_role, args.template, args.max_length, args.system)
+    tokenizer = encoder.tokenizer
     summary = BadRecordSummary()
     kept = shown = 0
-    try:
-        rows = encoder.encode_many(iter_conversations(args.data, args.strict, summary), args.data)
+    rows = encoder.encode_many(iter_conversations(args.data, args.strict, summary), args.data)
 
-        def write(f):
-            nonlocal kept, shown
-            for row in rows:
-                if isinstance(row, BadRecord):
-                    if args.strict:
-                        raise row
-                    summary.add(row)
-                    continue
-                kept += 1
-                if f is not None:
-                    f.write(json.dumps(row) + "\n")
-                if shown < args.show:
-                    print(show(row, tokenizer) + "\n")
-                    shown += 1
-                    if f is None and shown == args.show:
-                        return
+    def write(f):
+        nonlocal kept, shown
+        for row in rows:
+            if isinstance(row, BadRecord):
+                if args.strict:
+                    raise row
+                summary.add(row)
+                continue
+            kept += 1
+            if f is not None:
+                f.write(json.dumps(row) + "\n")
+            if shown < args.show:
+                print(show(row, tokenizer) + "\n")
+                shown += 1
+                if f is None and shown == args.show:
+                    return
 
-        if args.out:
-            atomic_write(args.out, write)
-        else:
-            write(None)
-    except BadRecord as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except OSError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    if args.out:
+        atomic_write(args.out, write)
+    else:
+        write(None)
     print(f"kept {kept} conversations" + (f" -> {args.out}" if args.out else ""), file=sys.stderr)
     print(summary.report(), file=sys.stderr)
     return 0

@@ -381,19 +381,23 @@ def vllm_command(model: str, role: str, template: str, host: str, port: int, ser
     cmd = ["vllm", "serve", resolve(model), "--host", host, "--port", str(port), "--served-model-name", served_name]
     if max_context:
         cmd += ["--max-model-len", str(max_context)]
-    return cmd + ["--chat-template", role_template_file(role, template)]
+    return cmd + ["--chat-template", role_template_file(model, role, template)]
 
 
-def role_template_file(role: str, template: str) -> str:
-    """A file holding the chat template that writes the next ``role`` turn (vLLM's ``--chat-template``)."""
-    from model.assets import cache_dir
+def role_template_file(model: str, role: str, template: str) -> str:
+    """A file holding the dyadic chat template that writes the next ``role`` turn for this checkpoint's
+    tokenizer (vLLM's ``--chat-template``), whichever role the checkpoint's own template writes."""
+    import hashlib
+
+    from model.assets import cache_dir, load_tokenizer
     from model.dyadic import dyadic_chat_template
 
     if template != "dyadic":
         raise UsageError("--engine vllm serves --template chat checkpoints with their own chat template, "
                          "which writes assistant turns only; use --engine hf for another role")
-    path = cache_dir() / f"dyadic-{role}.jinja"
-    atomic_write(path, lambda f: f.write(dyadic_chat_template(role)))
+    text = dyadic_chat_template(role, tokenizer=load_tokenizer(model))
+    path = cache_dir() / f"dyadic-{role}-{hashlib.sha256(text.encode()).hexdigest()[:12]}.jinja"
+    atomic_write(path, lambda f: f.write(text))
     return str(path)
 
 

@@ -8,18 +8,45 @@ Run it through them, from the repo root::
     python -m model.sft_platolm.train --model_name_or_path DIR --data_path FILE --output_dir OUT \\
         --model_max_length 256 --max_steps 20 --per_device_train_batch_size 2 --use_cpu --report_to none
     torchrun --nproc_per_node 4 -m model.sft_platolm.train --config recipes/platolm_7b_fsdp.yaml
+    torchrun --nproc_per_node 4 -m model.sft_platolm.train --config recipes/platolm_7b_paper.yaml
     python -m model.sft_platolm.train --help        # every option, with TrainingArguments'
 
-Options: model (``--model_name_or_path``, ``--attn_implementation``, ``--dtype``), LoRA/QLoRA (``--lora``,
-``--lora_r``, ...), data (``--data_path`` file or datasets name, ``--template dyadic|chat``,
-``--model_max_length``, ``--eval_ratio``, ``--packing``), and every ``transformers.TrainingArguments``
-flag. ``--config RECIPE.yaml`` sets defaults for any of them; flags on the command line win.
+Options: model (``--model_name_or_path``, ``--attn_implementation``, ``--dtype``, ``--pad_token reuse|add``),
+LoRA/QLoRA (``--lora``, ``--lora_r``, ...), data (``--data_path`` file or datasets name, ``--template
+dyadic|chat``, ``--tokenization original|as_loaded``, ``--model_max_length``, ``--packing``,
+``--eval_ratio``/``--eval_seed``, ``--end_token``), and every ``transformers.TrainingArguments`` flag.
+``--config RECIPE.yaml`` sets defaults for any of them; flags on the command line win.
+
+Two kinds of recipe. ``recipes/*_7b_paper.yaml`` reproduce the original's ``sft_7b.sh``: one conversation
+per row, right-padded with a ``<pad>`` token added to the tokenizer (``--pad_token add``: its input and
+output embeddings start as the mean of the others, as the original's ``smart_tokenizer_and_embedding_resize``
+did), the hyper-parameters of each script, and for PlatoLM the 5% held-out split (numpy seed 125, evaluated and
+checkpointed every 37 steps, 6 kept). ``recipes/*_7b_fsdp.yaml`` are the fast ones: whole conversations packed
+into 2048-token rows (fewer, fuller rows, so fewer optimizer steps per epoch) and the pad token reused
+(``<unk>``), which keeps the released vocabulary. Either way FSDP wraps the backbone's own decoder layer
+(its ``_no_split_modules``: LlamaDecoderLayer, MistralDecoderLayer, ...), so Socratic and PlatoLM can sit on
+different backbones with the same recipe (``scripts/paper_backbones.sh``).
+
+Dyadic runs with a sentencepiece (LLaMA-style) tokenizer tokenise as the original's slow tokenizer did
+(``--tokenization original``, model.dyadic.match_slow_llama), and every tokenizer the trainer saves
+(checkpoints and the final save) carries the role's dyadic chat template (model.dyadic), so ``vllm serve``
+renders the trained format; Socratic's template opens the *human* turn. ``--template chat`` runs keep the
+base model's own template, which writes assistant turns only: serve such a Socratic with ``model.serve
+--role human``.
+
+``--eval_ratio`` holds conversations out (drawn as the original drew them, ``--eval_seed``, default 125),
+writes them to ``eval_split.jsonl`` and evaluates them every ``--eval_steps`` with ``--eval_strategy steps``
+(else once at the end); ``loss.png`` shows the training and held-out losses. ``--end_token`` (Socratic only)
+teaches the simulator to write model.dyadic.END_OF_CONVERSATION as the human's next turn after the last
+answer of every conversation that really ended (model.dyadic.really_ended: the record says so, a simulated
+session the simulator ended itself, a conversation without a segment suffix, or its last segment);
+``platolm_run.json`` then names the marker (``end_of_conversation``).
 
 The run resumes by itself from the last ``checkpoint-*`` in ``--output_dir``; Ctrl-C (single process)
 finishes the step, saves a checkpoint and exits with 130, so rerunning the same command continues.
 The output directory ends with the model (or adapter, see ``--lora_save``), its tokenizer,
-``trainer_state.json``, ``platolm_run.json`` (recipe, data file and hash, role, template, ...)
-and ``loss.png``.
+``trainer_state.json``, ``platolm_run.json`` (recipe, data file and hash, role, template, pad token,
+held-out split, end marker, FSDP layers, ...), ``eval_split.jsonl`` (with ``--eval_ratio``) and ``loss.png``.
 """
 from __future__ import annotations
 
@@ -38,15 +65,21 @@ import numpy as np
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
-from model.conversation import (BadRecord, BadRecordSummary, atomic_write, iter_conversations,
-                                parse_record)
-from model.dyadic import TEMPLATES, Encoder
+from model.conversation import (GPT, HUMAN, BadRecord, BadRecordSummary, Turn, atomic_write, iter_conversations,
+                                parse_record, write_jsonl)
+from model.dyadic import (END_OF_CONVERSATION, TEMPLATES, Encoder, install_chat_template, match_slow_llama,
+                          really_ended)
+from model.runner import UsageError, command
 from model.packing import (PackingCollator, PaddingCollator, Rows, pack_bins, padding_efficiency,
                            row_lengths)
 
 RUN_RECORD = "platolm_run.json"
 LOSS_PLOT = "loss.png"
-ENCODING_VERSION = 1  # bump when the encoded columns change, to invalidate cached tokenisations
+EVAL_SPLIT = "eval_split.jsonl"
+PAD_MODES = ("reuse", "add")
+DEFAULT_PAD_TOKEN = "<pad>"  # the original's
+TOKENIZATIONS = ("original", "as_loaded")
+ENCODING_VERSION = 2  # bump when the encoded columns change, to invalidate cached tokenisations
 
 
 @dataclass
@@ -59,6 +92,10 @@ class ModelArguments:
     dtype: str = field(default="float32", metadata={
         "help": "dtype the weights are loaded in (mixed precision is --bf16/--fp16)",
         "choices": ["float32", "bfloat16", "float16", "auto"]})
+    pad_token: str = field(default="reuse", metadata={
+        "help": "a tokenizer without a pad token: 'reuse' <unk> (else the EOS), keeping the vocabulary; 'add' a "
+                "new <pad> token whose input and output embeddings start as the mean of the others (the original)",
+        "choices": list(PAD_MODES)})
 
 
 @dataclass
@@ -84,8 +121,18 @@ class DataArguments:
     data_cache_dir: str | None = field(default=None, metadata={
         "help": "where the tokenised data is cached (default: the datasets cache, $HF_DATASETS_CACHE)"})
     template: str = field(default="dyadic", metadata={"help": "prompt template", "choices": list(TEMPLATES)})
+    tokenization: str = field(default="original", metadata={
+        "help": "dyadic runs with a sentencepiece (LLaMA-style) tokenizer: 'original' tokenises as the original's "
+                "slow LlamaTokenizer did (model.dyadic.match_slow_llama), 'as_loaded' as transformers loads it; "
+                "other tokenizers are used as loaded either way", "choices": list(TOKENIZATIONS)})
     model_max_length: int = field(default=2048, metadata={"help": "tokens per conversation / packed row"})
-    eval_ratio: float = field(default=0.0, metadata={"help": "fraction of conversations held out for eval"})
+    eval_ratio: float = field(default=0.0, metadata={
+        "help": "fraction of conversations held out for eval (written to eval_split.jsonl in --output_dir)"})
+    eval_seed: int = field(default=125, metadata={
+        "help": "seed of the held-out split (the original: numpy seed 125, the last 5%% of a permutation)"})
+    end_token: bool = field(default=False, metadata={
+        "help": "Socratic: learn to write model.dyadic.END_OF_CONVERSATION as the human's next turn after the "
+                "last answer of conversations that really ended (model.dyadic.really_ended)"})
     packing: bool = field(default=True, metadata={
         "help": "pack conversations into rows of model_max_length (false: one per row, padded)"})
     system_prompt: str | None = field(default=None, metadata={
@@ -109,6 +156,7 @@ def parse_args(argv: list[str] | None = None):
     """(model, lora, data, training, recipe) from ``--config RECIPE.yaml`` and the command line (which wins)."""
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config")
+    pre.add_argument("--deepspeed")
     known, _ = pre.parse_known_args(argv)
     parser = HfArgumentParser((ModelArguments, LoraArguments, DataArguments, TrainArguments),
                               prog=f"python -m {_prog()}", description=__doc__.split("\n\n")[0])
@@ -128,6 +176,8 @@ def parse_args(argv: list[str] | None = None):
         if unknown:
             parser.error(f"recipe {known.config}: unknown option(s) {', '.join(unknown)}")
         parser.set_defaults(**recipe)
+    if start_deepspeed_on_cpu(known.deepspeed or recipe.get("deepspeed")):
+        parser.set_defaults(accelerator_config={"use_configured_state": True})
     model_args, lora_args, data_args, train_args, _ = parser.parse_args_into_dataclasses(argv)
     for name, value in (("--model_name_or_path", model_args.model_name_or_path),
                         ("--data_path", data_args.data_path), ("--output_dir", train_args.output_dir)):
@@ -141,6 +191,33 @@ def parse_args(argv: list[str] | None = None):
     return model_args, lora_args, data_args, train_args, {"path": known.config, "options": recipe}
 
 
+def start_deepspeed_on_cpu(deepspeed_config) -> bool:
+    """DeepSpeed under torchrun on a machine without CUDA: start its gloo process group; True if started.
+
+    accelerate (1.15) starts DeepSpeed's process group only on an accelerator; on a CPU-only machine every
+    process would train alone (world size 1) and DeepSpeed's batch check fails. DeepSpeed's CPU accelerator
+    talks over gloo when oneCCL is not installed, so the group is started here on gloo and the Trainer
+    takes this state (``accelerator_config.use_configured_state``). A test path, not a fast one.
+    """
+    launched = os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"  # by `accelerate launch`
+    if not (deepspeed_config or launched) or int(os.environ.get("LOCAL_RANK", -1)) == -1:
+        return False
+    import torch
+
+    if torch.cuda.is_available():
+        return False
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    from accelerate import PartialState
+
+    os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+    try:
+        PartialState(backend="gloo")
+    finally:
+        if not launched:
+            del os.environ["ACCELERATE_USE_DEEPSPEED"]
+    return True
+
+
 def _prog() -> str:
     main_mod = sys.modules.get("__main__")
     spec = getattr(main_mod, "__spec__", None)
@@ -149,16 +226,41 @@ def _prog() -> str:
 
 # -- tokenizer and model ------------------------------------------------------------------------
 
-def ensure_pad_token(tokenizer) -> str:
-    """Give the tokenizer a pad token without growing the vocabulary.
+def ensure_pad_token(tokenizer, mode: str = "reuse") -> str:
+    """Give a tokenizer that has none (LLaMA's) a pad token: ``reuse`` one, or ``add`` ``<pad>`` (the original).
 
-    LLaMA tokenizers have none. Reusing ``<unk>`` (else the EOS) keeps the embedding matrix exactly the
-    released size, so the weights load into the stock architecture; it is safe because padded
-    positions are never attended to (attention mask, or their own block when packed) nor trained.
+    Reusing ``<unk>`` (else the EOS) keeps the embedding matrix exactly the released size, so the weights
+    load into the stock architecture; it is safe because padded positions are never attended to
+    (attention mask, or their own block when packed) nor trained. ``add`` grows the vocabulary by one, as
+    the original's ``smart_tokenizer_and_embedding_resize`` did (:func:`resize_for_added_tokens`).
     """
+    if mode not in PAD_MODES:
+        raise ValueError(f"pad token mode must be one of {PAD_MODES}, not {mode!r}")
     if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+        if mode == "add":
+            tokenizer.add_special_tokens({"pad_token": DEFAULT_PAD_TOKEN})
+        else:
+            tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
     return tokenizer.pad_token
+
+
+def resize_for_added_tokens(model, n_tokens: int) -> int:
+    """Grow the embeddings to ``n_tokens`` rows; each new input and output row is the mean of the old rows.
+
+    The original's initialisation (exactly the mean, where transformers would sample around it). Returns
+    how many rows were added.
+    """
+    import torch
+
+    old = model.get_input_embeddings().weight.shape[0]
+    if n_tokens <= old:
+        return 0
+    model.resize_token_embeddings(n_tokens, mean_resizing=False)
+    with torch.no_grad():
+        for emb in {id(e.weight): e for e in (model.get_input_embeddings(), model.get_output_embeddings())
+                    if e is not None}.values():
+            emb.weight[old:] = emb.weight[:old].mean(dim=0, keepdim=True)
+    return n_tokens - old
 
 
 def pick_attention(requested: str | None) -> str:
@@ -186,6 +288,7 @@ def load_model(path: str, tokenizer, model_args: ModelArguments, lora_args: Lora
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16)
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    resize_for_added_tokens(model, len(tokenizer))
     # With a KV cache the model skips the packed-sequence mask and packed rows would see each other.
     model.config.use_cache = False
     model.config.pad_token_id = tokenizer.pad_token_id
@@ -202,6 +305,48 @@ def load_model(path: str, tokenizer, model_args: ModelArguments, lora_args: Lora
             target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")],
             task_type="CAUSAL_LM"))
     return model
+
+
+def layers_to_wrap(model) -> list[str]:
+    """The decoder-layer classes FSDP should shard one by one: those the backbone declares unsplittable.
+
+    ``_no_split_modules`` (LlamaDecoderLayer, MistralDecoderLayer, Qwen2DecoderLayer, ...), restricted to
+    classes the model really contains, so one recipe serves every backbone.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    present = {type(m).__name__ for m in base.modules()}
+    return [name for name in (getattr(base, "_no_split_modules", None) or []) if name in present]
+
+
+def fill_fsdp_wrap(train_args: TrainingArguments, model) -> list[str] | None:
+    """Wrap the backbone's own decoder layers when FSDP is on and the recipe names none; returns the classes.
+
+    TrainingArguments turned the recipe's ``fsdp_config`` into accelerate's plugin arguments before the
+    model existed; the classes are filled in there (``accelerate launch`` configs: through the environment
+    variable accelerate reads). Explicit ``transformer_layer_cls_to_wrap`` still wins.
+    """
+    plugin = getattr(train_args, "fsdp_plugin_args", None)
+    launched = os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
+    if not (plugin or launched):
+        return None
+    if plugin:
+        policy, named = plugin.get("auto_wrap_policy"), plugin.get("transformer_cls_names_to_wrap")
+    else:
+        policy, named = os.environ.get("FSDP_AUTO_WRAP_POLICY"), os.environ.get("FSDP_TRANSFORMER_CLS_TO_WRAP")
+    if (policy or "TRANSFORMER_BASED_WRAP") != "TRANSFORMER_BASED_WRAP":
+        return None
+    if named:
+        return named.split(",") if isinstance(named, str) else list(named)
+    layers = layers_to_wrap(model)
+    if not layers:
+        raise UsageError(f"FSDP: {type(model).__name__} declares no decoder-layer class (_no_split_modules); "
+                         f"name one with --fsdp_config '{{\"transformer_layer_cls_to_wrap\": [...]}}'")
+    if plugin:
+        plugin["transformer_cls_names_to_wrap"] = ",".join(layers)
+        train_args.fsdp_config["transformer_layer_cls_to_wrap"] = layers
+    else:
+        os.environ["FSDP_TRANSFORMER_CLS_TO_WRAP"] = ",".join(layers)
+    return layers
 
 
 def check_qlora_possible() -> str | None:
@@ -296,7 +441,10 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
-def _encode_rows(batch: dict, encoder: Encoder, file: str, default_system: str) -> dict:
+def _encode_rows(batch: dict, encoder: Encoder, file: str, default_system: str,
+                 ended: frozenset = frozenset()) -> dict:
+    """One encoded row per record, in the records' order (row i of the result is record i: the held-out split
+    is written from the records by position)."""
     out = {"id": [], "input_ids": [], "labels": [], "length": [], "bad": []}
 
     def put(rid, ids, labels, bad):
@@ -306,16 +454,24 @@ def _encode_rows(batch: dict, encoder: Encoder, file: str, default_system: str) 
         out["length"].append(len(ids))
         out["bad"].append(bad)
 
-    convs = []
+    convs, rejected = [], []  # rejected[i]: why record i is bad, or None for the next conversation
     for rid, record, bad in zip(batch["id"], batch["record"], batch["bad"]):
+        rejected.append((rid, bad) if bad else None)
         if bad:
-            put(rid, [], [], bad)
             continue
         conv = parse_record(json.loads(record), rid, file)
         if conv.system is None:  # the package's prompt is the fallback (an explicit override still wins)
             conv.system = default_system
+        if conv.id in ended and conv.turns[-1].role == GPT:
+            conv.turns.append(Turn(HUMAN, END_OF_CONVERSATION))
         convs.append(conv)
-    for row in encoder.encode_many(convs, file):
+    rows = encoder.encode_many(convs, file)
+    for reason in rejected:
+        if reason:
+            rid, bad = reason
+            put(rid, [], [], bad)
+            continue
+        row = next(rows)
         if isinstance(row, BadRecord):
             put(str(row.record), [], [], _bad_row(row)["bad"])
         else:
@@ -323,9 +479,19 @@ def _encode_rows(batch: dict, encoder: Encoder, file: str, default_system: str) 
     return out
 
 
+def ended_ids(records) -> frozenset:
+    """Ids of the records that really ended (``model.dyadic.really_ended`` over the whole file)."""
+    convs = []
+    for rid, record, bad in zip(records["id"], records["record"], records["bad"]):
+        if not bad:
+            convs.append(parse_record(json.loads(record), rid))
+    return frozenset(c.id for c, ended in zip(convs, really_ended(convs)) if ended)
+
+
 def encode_records(records, data_hash: str, tokenizer, train_role: str, default_system: str,
-                   data_args: DataArguments):
-    """Tokenise with ``datasets.map``; the cache key covers data, tokenizer, role, template, length, prompt.
+                   data_args: DataArguments, ended: frozenset = frozenset()):
+    """Tokenise with ``datasets.map``; the cache key covers data, tokenizer, role, template, length, prompt
+    and the end marker (``ended``: ids whose conversation gets END_OF_CONVERSATION as a last human turn).
 
     Returns (encoded dataset, whether it came from the cache).
     """
@@ -336,7 +502,7 @@ def encode_records(records, data_hash: str, tokenizer, train_role: str, default_
     key = hashlib.sha256(json.dumps([ENCODING_VERSION, data_hash, records._fingerprint,
                                      tokenizer_fingerprint(tokenizer), train_role, data_args.template,
                                      data_args.model_max_length, data_args.system_prompt,
-                                     default_system]).encode()).hexdigest()[:24]
+                                     default_system, bool(ended)]).encode()).hexdigest()[:24]
     cache_file, cached = None, False
     if records.cache_files:
         folder = Path(records.cache_files[0]["filename"]).parent
@@ -346,7 +512,8 @@ def encode_records(records, data_hash: str, tokenizer, train_role: str, default_
                          "labels": List(Value("int32")), "length": Value("int32"), "bad": Value("string")})
     encoded = records.map(_encode_rows, batched=True, remove_columns=records.column_names, features=features,
                           fn_kwargs={"encoder": encoder, "file": data_args.data_path,
-                                     "default_system": default_system},
+                                     "default_system": default_system,
+                                     "ended": ended},
                           new_fingerprint=key, cache_file_name=cache_file,
                           num_proc=data_args.preprocessing_num_workers, desc="tokenising")
     return encoded, cached
@@ -367,12 +534,17 @@ def split_bad(encoded, data_args: DataArguments, summary: BadRecordSummary) -> l
 
 
 def split_eval(n: int, ratio: float, seed: int) -> tuple[list[int], list[int]]:
-    """A fixed random held-out split: (train positions, eval positions)."""
-    order = np.random.default_rng(seed).permutation(n)
-    n_eval = int(round(n * ratio)) if ratio > 0 else 0
-    if ratio > 0 and n > 1:
-        n_eval = min(max(n_eval, 1), n - 1)
-    return sorted(order[n_eval:].tolist()), sorted(order[:n_eval].tolist())
+    """A fixed random held-out split, (train positions, eval positions), drawn as the original drew it.
+
+    ``np.random.seed(seed); perm = np.random.permutation(n)``; the first ``int(n * (1 - ratio))`` train, the
+    rest eval (at the original's seed 125 and 5%: the same conversations, given the same usable records).
+    At least one of each when ``0 < ratio`` and ``n > 1``.
+    """
+    if ratio <= 0:
+        return list(range(n)), []
+    order = np.random.RandomState(seed).permutation(n)
+    n_train = min(max(int(n * (1 - ratio)), 1), n - 1) if n > 1 else n
+    return sorted(order[:n_train].tolist()), sorted(order[n_train:].tolist())
 
 
 def make_rows(encoded, packing: bool, max_length: int) -> tuple[Rows, list[int]]:
@@ -419,31 +591,40 @@ class StopOnSignal:
               f"(send it again to abort without saving)", file=sys.stderr, flush=True)
 
 
-def plot_losses(log_history: list[dict], path: Path) -> bool:
-    """Write the training (and eval) loss curve as a PNG; False when nothing was logged."""
-    import matplotlib
+def plot_losses(log_history: list[dict], path: Path) -> list[str]:
+    """Write the training and held-out loss curves as a PNG; returns the curves drawn (none: no file)."""
+    from model.plots import figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    curves = {"train": [(h["step"], h["loss"]) for h in log_history if "loss" in h],
+              "eval": [(h["step"], h["eval_loss"]) for h in log_history if "eval_loss" in h]}
+    drawn = [name for name, points in curves.items() if points]
+    if not drawn:
+        return []
+    with figure(path, figsize=(7, 4), dpi=100) as (fig, ax):
+        for name in drawn:
+            ax.plot(*zip(*curves[name]), "-" if name == "train" else "o--", label=name)
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        ax.legend()
+        ax.grid(alpha=0.3)
+    return drawn
 
-    train = [(h["step"], h["loss"]) for h in log_history if "loss" in h]
-    evals = [(h["step"], h["eval_loss"]) for h in log_history if "eval_loss" in h]
-    if not train and not evals:
-        return False
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for points, label, style in ((train, "train", "-"), (evals, "eval", "o--")):
-        if points:
-            ax.plot(*zip(*points), style, label=label)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return True
+
+def install_role_template(tokenizer, train_role: str, data_args: DataArguments, say) -> str | None:
+    """Dyadic runs: write the role's dyadic chat template into the tokenizer, so that every checkpoint and the
+    final save carry it (``vllm serve`` then renders the trained format; Socratic's opens a human turn).
+
+    Chat runs keep the base model's own template, which writes assistant turns only: serve a chat-mode
+    Socratic with ``model.serve --role human``. Returns the template's name, or None.
+    """
+    if data_args.template != "dyadic":
+        return None
+    try:
+        install_chat_template(tokenizer, train_role)
+    except ValueError as err:
+        say(f"warning: not writing the dyadic chat template into the tokenizer: {err}")
+        return None
+    return "socratic" if train_role == HUMAN else "platolm"
 
 
 def save_final(trainer, tokenizer, lora_args: LoraArguments) -> str:
@@ -465,65 +646,95 @@ def save_final(trainer, tokenizer, lora_args: LoraArguments) -> str:
 
 # -- main ---------------------------------------------------------------------------------------
 
-def main(train_role: str, system_prompt: str, argv: list[str] | None = None) -> int:
-    model_args, lora_args, data_args, train_args, recipe = parse_args(argv)
+def check_options(train_role: str, model_args: ModelArguments, lora_args: LoraArguments,
+                  data_args: DataArguments, train_args: TrainArguments) -> None:
+    """Combinations the user must fix, refused before anything is loaded."""
     if lora_args.load_in_4bit and (problem := check_qlora_possible()):
-        print(f"error: {problem}", file=sys.stderr)
-        return 2
+        raise UsageError(problem)
+    if data_args.end_token and train_role != HUMAN:
+        raise UsageError("--end_token: only Socratic (trained on the human's turns) learns to end a conversation")
+    if train_args.eval_strategy != "no" and data_args.eval_ratio <= 0:
+        raise UsageError(f"--eval_strategy {train_args.eval_strategy.value} needs a held-out split: "
+                         f"give --eval_ratio (the original: 0.05)")
+    if model_args.pad_token == "add" and lora_args.lora and lora_args.lora_save == "adapter":
+        raise UsageError("--pad_token add grows the vocabulary, which a bare LoRA adapter cannot carry; "
+                         "use --lora_save merged or --pad_token reuse")
 
-    from transformers import AutoTokenizer, Trainer
-    from transformers.trainer_utils import get_last_checkpoint
 
-    from model.assets import resolve
+def load_tokenizer(model_path: str, model_args: ModelArguments, data_args: DataArguments):
+    """(tokenizer, pad token, whether it now tokenises as the original's slow LLaMA tokenizer)."""
+    from transformers import AutoTokenizer
 
-    main_rank = train_args.process_index == 0
-    say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if main_rank else (lambda *a: None)
-    model_path = resolve(model_args.model_name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    pad = ensure_pad_token(tokenizer)
+    pad = ensure_pad_token(tokenizer, model_args.pad_token)  # the original's order: <pad> first, then the others
+    slow = data_args.template == "dyadic" and data_args.tokenization == "original" and match_slow_llama(tokenizer)
+    return tokenizer, pad, slow
 
-    summary = BadRecordSummary(show_first=5 if main_rank else 0)
-    try:
-        with train_args.main_process_first(desc="reading and tokenising the data"):
-            records, data_hash = load_records(data_args)
-            encoded, cached = encode_records(records, data_hash, tokenizer, train_role, system_prompt, data_args)
-        good = split_bad(encoded, data_args, summary)
-    except (BadRecord, ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    tokenizer.model_max_length = data_args.model_max_length  # after encoding, which cuts long ones itself
+
+@dataclass
+class Prepared:
+    """The tokenised data of one run, split into training and held-out rows."""
+    data_hash: str
+    summary: BadRecordSummary
+    train_rows: Rows
+    eval_rows: Rows | None
+    n_train: int
+    n_eval: int
+    n_ended: int
+    efficiency: float
+
+
+def prepare_data(tokenizer, train_role: str, system_prompt: str, data_args: DataArguments,
+                 train_args: TrainArguments, say) -> Prepared:
+    """Read, tokenise (cached), drop bad records, hold out the eval split (written to EVAL_SPLIT), build rows."""
+    summary = BadRecordSummary(show_first=5 if train_args.process_index == 0 else 0)
+    with train_args.main_process_first(desc="reading and tokenising the data"):
+        records, data_hash = load_records(data_args)
+        ended = ended_ids(records) if data_args.end_token else frozenset()
+        encoded, cached = encode_records(records, data_hash, tokenizer, train_role, system_prompt, data_args, ended)
+    good = split_bad(encoded, data_args, summary)
     say(f"data: {data_args.data_path} ({data_hash[:23]}), {len(good)} conversations"
         + (" (tokenised earlier: loaded from the datasets cache)" if cached else ""))
     say(summary.report())
     if not good:
-        print(f"error: no usable conversation in {data_args.data_path}", file=sys.stderr)
-        return 1
-    train_pos, eval_pos = split_eval(len(good), data_args.eval_ratio, train_args.data_seed or train_args.seed)
+        raise UsageError(f"no usable conversation in {data_args.data_path}")
+    train_pos, eval_pos = split_eval(len(good), data_args.eval_ratio, data_args.eval_seed)
     usable = encoded.select(good)
     train_rows, train_tokens = make_rows(usable.select(train_pos), data_args.packing, data_args.model_max_length)
     eval_rows = make_rows(usable.select(eval_pos), data_args.packing, data_args.model_max_length)[0] \
         if eval_pos else None
+    if eval_pos and train_args.process_index == 0:
+        held = records.select([good[i] for i in eval_pos])["record"]
+        write_jsonl(Path(train_args.output_dir) / EVAL_SPLIT, (json.loads(r) for r in held))
     efficiency = padding_efficiency(train_tokens, train_args.per_device_train_batch_size, train_args.seed)
-    say(f"train: {len(train_pos)} conversations in {len(train_rows)} rows "
-        f"({'packed' if data_args.packing else 'one per row'}), eval: {len(eval_pos)}; "
-        f"padding efficiency (real tokens / tokens computed) {efficiency:.3f} "
-        f"at batch {train_args.per_device_train_batch_size}; pad token {pad!r}")
+    n_ended = len(ended.intersection(usable["id"])) if ended else 0
+    return Prepared(data_hash, summary, train_rows, eval_rows, len(train_pos), len(eval_pos), n_ended, efficiency)
 
-    model = load_model(model_path, tokenizer, model_args, lora_args)
-    if lora_args.lora and main_rank:
-        model.print_trainable_parameters()
-    attn = model.config._attn_implementation
-    collator = (PackingCollator(tokenizer.pad_token_id, flatten=attn == "flash_attention_2")
-                if data_args.packing else PaddingCollator(tokenizer.pad_token_id))
-    stopper = StopOnSignal()
-    trainer = Trainer(model=model, args=train_args, data_collator=collator, train_dataset=train_rows,
-                      eval_dataset=eval_rows, processing_class=tokenizer,
-                      callbacks=[stopper.callback] if train_args.world_size == 1 else None)
 
-    say(f"processes: {train_args.world_size}" + (", FSDP" if trainer.is_fsdp_enabled else "")
-        + (", DeepSpeed" if trainer.is_deepspeed_enabled else "") + f"; attention: {attn}")
-    if train_args.fsdp and not trainer.is_fsdp_enabled:
-        say("note: FSDP runs on GPUs only; here the processes train as plain data parallel")
+def run_record(train_role: str, system_prompt: str, model_args, lora_args, data_args, train_args, recipe,
+               argv, data: Prepared, **outcome) -> dict:
+    """What ``platolm_run.json`` says about the run (generation and simulation read the role and markers)."""
+    return {
+        "train_role": train_role, "system_prompt": data_args.system_prompt or system_prompt,
+        "template": data_args.template, "model_max_length": data_args.model_max_length,
+        "tokenization": data_args.tokenization, "base_model": model_args.model_name_or_path,
+        "data_path": data_args.data_path, "data_hash": data.data_hash, "recipe": recipe,
+        "argv": sys.argv[1:] if argv is None else argv, "pad_token_mode": model_args.pad_token,
+        "packing": data_args.packing, "padding_efficiency": round(data.efficiency, 4),
+        "conversations": {"train": data.n_train, "eval": data.n_eval, "bad": data.summary.total},
+        "eval_split": {"ratio": data_args.eval_ratio, "seed": data_args.eval_seed,
+                       "file": EVAL_SPLIT if data.n_eval else None},
+        "bad_records": dict(data.summary.counts), "rows": len(data.train_rows),
+        "end_of_conversation": END_OF_CONVERSATION if data_args.end_token else None,
+        "ended_conversations": data.n_ended if data_args.end_token else None,
+        "lora": asdict(lora_args) if lora_args.lora else None, **outcome,
+    }
+
+
+def train_or_resume(trainer, train_args: TrainArguments, stopper: StopOnSignal, say) -> dict | None:
+    """Train, resuming from the last checkpoint; the metrics, or None when a signal stopped it (saved)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
     resume = train_args.resume_from_checkpoint
     if resume is None and train_args.auto_resume and os.path.isdir(train_args.output_dir):
         resume = get_last_checkpoint(train_args.output_dir)
@@ -534,9 +745,54 @@ def main(train_role: str, system_prompt: str, argv: list[str] | None = None) -> 
     if stopper.requested:
         say(f"stopped at step {trainer.state.global_step}; checkpoint saved in {train_args.output_dir}; "
             f"run the same command again to resume")
+        return None
+    return dict(result.metrics)
+
+
+@command
+def main(train_role: str, system_prompt: str, argv: list[str] | None = None) -> int:
+    model_args, lora_args, data_args, train_args, recipe = parse_args(argv)
+    check_options(train_role, model_args, lora_args, data_args, train_args)
+
+    from transformers import Trainer
+
+    from model.assets import resolve
+
+    main_rank = train_args.process_index == 0
+    say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if main_rank else (lambda *a: None)
+    model_path = resolve(model_args.model_name_or_path)
+    tokenizer, pad, slow = load_tokenizer(model_path, model_args, data_args)
+    data = prepare_data(tokenizer, train_role, system_prompt, data_args, train_args, say)
+    tokenizer.model_max_length = data_args.model_max_length  # after encoding, which cuts long ones itself
+    chat_template = install_role_template(tokenizer, train_role, data_args, say)
+    say(f"train: {data.n_train} conversations in {len(data.train_rows)} rows "
+        f"({'packed' if data_args.packing else 'one per row'}), eval: {data.n_eval}; "
+        f"padding efficiency (real tokens / tokens computed) {data.efficiency:.3f} "
+        f"at batch {train_args.per_device_train_batch_size}; pad token {pad!r} ({model_args.pad_token})"
+        + ("; tokenised as the original's slow LLaMA tokenizer" if slow else "")
+        + (f"; {data.n_ended} conversations end with {END_OF_CONVERSATION}" if data_args.end_token else ""))
+
+    model = load_model(model_path, tokenizer, model_args, lora_args)
+    if lora_args.lora and main_rank:
+        model.print_trainable_parameters()
+    wrap = fill_fsdp_wrap(train_args, model)
+    attn = model.config._attn_implementation
+    collator = (PackingCollator(tokenizer.pad_token_id, flatten=attn == "flash_attention_2")
+                if data_args.packing else PaddingCollator(tokenizer.pad_token_id))
+    stopper = StopOnSignal()
+    trainer = Trainer(model=model, args=train_args, data_collator=collator, train_dataset=data.train_rows,
+                      eval_dataset=data.eval_rows, processing_class=tokenizer,
+                      callbacks=[stopper.callback] if train_args.world_size == 1 else None)
+
+    layers = f" wrapping {', '.join(wrap)}" if wrap else ""
+    say(f"processes: {train_args.world_size}" + (f", FSDP{layers}" if trainer.is_fsdp_enabled else "")
+        + (", DeepSpeed" if trainer.is_deepspeed_enabled else "") + f"; attention: {attn}")
+    if train_args.fsdp and not trainer.is_fsdp_enabled:
+        say(f"note: FSDP runs on GPUs only (it would be{layers}); here the processes train as plain data parallel")
+    metrics = train_or_resume(trainer, train_args, stopper, say)
+    if metrics is None:
         return 130
-    metrics = dict(result.metrics)
-    if eval_rows is not None and train_args.eval_strategy == "no":
+    if data.eval_rows is not None and train_args.eval_strategy == "no":
         metrics.update(trainer.evaluate())
 
     saved = save_final(trainer, tokenizer, lora_args)
@@ -544,18 +800,10 @@ def main(train_role: str, system_prompt: str, argv: list[str] | None = None) -> 
     if trainer.is_world_process_zero():
         out = Path(train_args.output_dir)
         plotted = plot_losses(trainer.state.log_history, out / LOSS_PLOT)
-        record = {
-            "train_role": train_role, "system_prompt": data_args.system_prompt or system_prompt,
-            "template": data_args.template, "model_max_length": data_args.model_max_length,
-            "base_model": model_args.model_name_or_path, "data_path": data_args.data_path,
-            "data_hash": data_hash, "recipe": recipe, "argv": sys.argv[1:] if argv is None else argv,
-            "saved": saved, "pad_token": pad, "attn_implementation": attn,
-            "packing": data_args.packing, "padding_efficiency": round(efficiency, 4),
-            "conversations": {"train": len(train_pos), "eval": len(eval_pos), "bad": summary.total},
-            "bad_records": dict(summary.counts), "rows": len(train_rows),
-            "lora": asdict(lora_args) if lora_args.lora else None,
-            "metrics": metrics, "loss_plot": LOSS_PLOT if plotted else None,
-        }
+        record = run_record(train_role, system_prompt, model_args, lora_args, data_args, train_args, recipe, argv,
+                            data, saved=saved, pad_token=pad, slow_llama_tokenization=slow,
+                            chat_template=chat_template, attn_implementation=attn, fsdp_layers_to_wrap=wrap,
+                            metrics=metrics, loss_plot=LOSS_PLOT if plotted else None)
         atomic_write(out / RUN_RECORD, lambda f: json.dump(record, f, indent=2, default=str))
         say(f"saved the {saved} model, its tokenizer, trainer_state.json, {RUN_RECORD}"
             + (f" and {LOSS_PLOT}" if plotted else "") + f" in {out}")

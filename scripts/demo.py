@@ -47,14 +47,23 @@ class Scale:
     answer_tokens: int           # longest teacher answer, kept when cut there (0: the teacher's own limit)
     mt_bench_questions: int
     lora: bool
+    socratic_args: tuple = ()    # Socratic's own trainer flags (they override the shared ones above)
+    heldout: int = 0             # ShareGPT conversations after the training ones: Socratic's held-out NLL (0: none)
+    modes: tuple = ("free", "seeded")  # SocraticChat modes PlatoLM learns from (the paper's corpus: free only)
+    openings: int = 0            # opening questions sampled per simulator for diversity (0: none)
+    human_likeness: bool = False  # also judge those openings with the default human/assistant detector
 
 
+SOCRATIC_CPU = ("--lora", "false", "--max_steps", 40, "--learning_rate", "1e-4", "--warmup_steps", 0.1)
 SCALES = {
     # SmolLM2-Instruct trains and asks far better in its native chat format than in the dyadic one
-    "cpu": Scale("smollm2", "chat", "smollm2", "chat", 300, 4000, 384, 30, 2, 6, 3, 64, 128, 3, True),
-    "tiny": Scale("", "dyadic", "", "dyadic", 24, 1000, 1024, 4, 2, 2, 2, 12, 24, 2, False),
-    "paper": Scale("huggyllama/llama-7b", "dyadic", "gpt-3.5-turbo", "chat", 90_665, 0, 2048, 0, 4, 50_730, 0, 512,
-                   0, 80, False),
+    # Socratic: full fine-tuning, long enough to beat the untrained model's held-out human-turn NLL by a margin
+    "cpu": Scale("smollm2", "chat", "smollm2", "chat", 300, 4000, 384, 30, 2, 6, 3, 64, 128, 3, True,
+                 socratic_args=SOCRATIC_CPU, heldout=48, openings=32, human_likeness=True),
+    "tiny": Scale("", "dyadic", "", "dyadic", 24, 1000, 1024, 4, 2, 2, 2, 12, 24, 2, False, heldout=4, openings=4),
+    # SocraticChat as released (sd_50728.json): 50,728 free sessions; the seeded corpora are ablations (docs/reproduce.md)
+    "paper": Scale("huggyllama/llama-7b", "dyadic", "gpt-3.5-turbo", "chat", 90_665, 0, 2048, 0, 4, 50_728, 0, 512,
+                   0, 80, False, modes=("free",)),
 }
 
 
@@ -136,8 +145,8 @@ def wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 300) -> Non
     raise RuntimeError(f"the teacher server did not become healthy within {timeout:.0f} s")
 
 
-def take_sharegpt(source: Path, n: int, max_chars: int, dest: Path) -> None:
-    """The first n records (of at most max_chars characters) of a ShareGPT file."""
+def take_sharegpt(source: Path, n: int, max_chars: int, dest: Path, skip: int = 0) -> None:
+    """Records skip..skip+n (of those of at most max_chars characters) of a ShareGPT file."""
     import itertools
 
     from model.conversation import read_json_records, write_json_array
@@ -145,20 +154,22 @@ def take_sharegpt(source: Path, n: int, max_chars: int, dest: Path) -> None:
     def short(rec) -> bool:
         return not max_chars or sum(len(str(t.get("value", ""))) for t in rec.get("conversations", [])) <= max_chars
 
-    write_json_array(dest, itertools.islice(filter(short, read_json_records(source)), n))
+    write_json_array(dest, itertools.islice(filter(short, read_json_records(source)), skip, skip + n))
 
 
 def train_cmd(p: Pipeline, package: str, data: Path, out: Path) -> list:
     s = p.scale
     if s is SCALES["paper"]:  # the paper: Socratic from LLaMA-1-7B, PlatoLM from Llama-2-7B, 4xA100 FSDP
         base = {"socratic": "huggyllama/llama-7b", "platolm": "meta-llama/Llama-2-7b-hf"}[package]
-        return ["env", f"MODEL={base}", f"DATA={data}", f"OUT={out}", "bash", f"scripts/sft_{package}_7b.sh"]
+        return ["env", f"MODEL={base}", f"DATA={data}", f"OUT={out}", "bash", f"scripts/sft_{package}_7b_paper.sh"]
     cmd = [PY, "-m", f"model.sft_{package}.train", "--model_name_or_path", s.base_model, "--data_path", data,
            "--output_dir", out, "--template", s.template, "--model_max_length", s.max_length,
            "--max_steps", s.train_steps,
            "--per_device_train_batch_size", s.train_batch, "--learning_rate", "2e-4" if s.lora else "1e-3",
            "--logging_steps", 1, "--save_steps", 10, "--use_cpu", "--report_to", "none"]
-    return cmd + (["--lora", "true"] if s.lora else [])
+    if package == "socratic":  # a held-out split evaluated as it trains: loss.png shows both curves
+        cmd += ["--eval_ratio", 0.05, "--eval_strategy", "steps", "--eval_steps", max(1, s.train_steps // 4)]
+    return cmd + (["--lora", "true"] if s.lora else []) + (list(s.socratic_args) if package == "socratic" else [])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -185,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     p.results.mkdir(parents=True, exist_ok=True)
     tok = scale.base_model
     raw, clean, split = out / "sharegpt_raw.json", out / "sharegpt_clean.json", out / "sharegpt_split.json"
+    heldout = out / "heldout_split.json"  # ShareGPT conversations Socratic never sees: its held-out NLL
     seeds, free, seeded = out / "seeds.json", out / "socraticchat_free.jsonl", out / "socraticchat_seeded.jsonl"
     socratic, platolm = out / "socratic", out / "platolm"
 
@@ -201,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
             # seeds from the split segments, whose first rounds fit the context; spares for the ones that don't
             p.run(PY, "-m", "data.prepare", "seeds", "--in", split, "--out", seeds, "--source", "sharegpt",
                   "--n", 4 * scale.sessions)
+            if scale.heldout:
+                prepare_heldout(p, source, tok, heldout)
 
     with p.stage("2-train-socratic") as todo:
         if todo:
@@ -209,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     with p.stage("3-simulate") as todo:
         if todo:
             with p.teacher() as (url, teacher):
-                for mode, dest in (("free", free), ("seeded", seeded)):
+                for mode, dest in ((m, {"free": free, "seeded": seeded}[m]) for m in scale.modes):
                     p.run(PY, "-m", "data.simulate", "--simulator", socratic, "--template", scale.template,
                           "--teacher-base-url", url,
                           "--teacher-model", teacher, "--mode", mode, *(["--seeds", seeds] if mode == "seeded" else []),
@@ -224,13 +238,16 @@ def main(argv: list[str] | None = None) -> int:
     socraticchat = out / "socraticchat.jsonl"
     with p.stage("4-train-platolm") as todo:
         if todo:
-            print(f"joining {free.name} and {seeded.name} -> {socraticchat.name}")
+            parts = [{"free": free, "seeded": seeded}[m] for m in scale.modes]
+            print(f"joining {' and '.join(f.name for f in parts)} -> {socraticchat.name}")
             if not args.dry_run:
-                socraticchat.write_text(free.read_text() + seeded.read_text())
+                socraticchat.write_text("".join(f.read_text() for f in parts))
             p.run(*train_cmd(p, "platolm", socraticchat, platolm))
 
     with p.stage("5-evaluate") as todo:
         if todo:
+            if scale.heldout:
+                simulator_rows(p, socratic, heldout)
             for name, data in (("SocraticChat", socraticchat), ("ShareGPT", split)):
                 p.run(PY, "-m", "eval.question_quality", "--data", data, "--name", name, "--embedder", "minilm",
                       "--tokenizer", tok, "--out", p.results / "question_quality" / f"{name}.json")
@@ -266,6 +283,52 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def prepare_heldout(p: Pipeline, source: Path, tok: str, dest: Path) -> None:
+    """The ShareGPT conversations after the training ones, cleaned and split exactly as those were."""
+    s, raw, clean = p.scale, p.out / "heldout_raw.json", p.out / "heldout_clean.json"
+    print(f"taking the next {s.heldout} records of {source} (after the first {s.conversations}) -> {raw}")
+    if not p.dry_run:
+        take_sharegpt(source, s.heldout, s.max_chars, raw, skip=s.conversations)
+    p.run(PY, "-m", "data.prepare", "clean", "--in", raw, "--out", clean)
+    p.run(PY, "-m", "data.prepare", "split", "--in", clean, "--out", dest, "--tokenizer", tok,
+          "--template", s.template, "--max-length", s.max_length)
+
+
+def base_label(base_model: str) -> str:
+    return "SmolLM2" if base_model == "smollm2" else Path(base_model.rstrip("/")).name
+
+
+def simulator_rows(p: Pipeline, socratic: Path, heldout: Path) -> None:
+    """The report's simulator-quality rows: real ShareGPT humans, the untrained base and Socratic."""
+    s, out = p.scale, p.results / "simulator"
+    base = ("base", f"untrained {base_label(s.base_model)}", s.base_model)
+    for stem, name, model in (base, ("socratic", "Socratic", socratic)):
+        p.run(PY, "-m", "eval.simulator", "perplexity", "--model", model, "--data", heldout, "--template", s.template,
+              "--max-length", s.max_length, "--limit", s.heldout, "--name", name, "--out", out / f"{stem}.json")
+    if not s.openings:
+        return
+    metrics = ["diversity", *(["human-likeness"] if s.human_likeness else [])]
+    sources = [("sharegpt", "ShareGPT humans", ["--data", heldout]),
+               *((stem, name, ["--model", model, "--template", s.template, "--max-new-tokens", s.max_new_tokens,
+                               "--max-context", s.max_length]) for stem, name, model in (base, ("socratic", "Socratic", socratic)))]
+    for metric in metrics:
+        for stem, name, source in sources:
+            p.run(PY, "-m", "eval.simulator", metric, *source, "--n", s.openings, "--name", name,
+                  "--out", out / f"{stem}_{metric.replace('-', '_')}.json")
+
+
+def nll_summary(results: Path) -> list[str]:
+    """One line: Socratic's held-out NLL against the untrained base's, and the relative change."""
+    files = [results / "simulator" / f for f in ("base.json", "socratic.json")]
+    if not all(f.exists() for f in files):
+        return []
+    base, trained = (json.loads(f.read_text()) for f in files)
+    change = 100 * (trained["nll"] - base["nll"]) / base["nll"]
+    return ["", f"Held-out human turns ({trained['conversations']} ShareGPT conversations Socratic never saw, "
+                f"{trained['tokens']} tokens): NLL {trained['nll']:.3f} for Socratic against {base['nll']:.3f} for the "
+                f"{base['name']} model it started from ({change:+.1f}%)."]
+
+
 def excerpt(text: str, n: int = 300) -> str:
     text = " ".join(text.split())
     return text if len(text) <= n else text[:n] + " …"
@@ -274,10 +337,11 @@ def excerpt(text: str, n: int = 300) -> str:
 def prepend_summary(report: Path, name: str, scale: Scale, p: Pipeline) -> None:
     """Put what ran on top of the tables: settings, cleaning counts, one generated session, one answer."""
     res, out = p.results, p.out
+    socratic = f" (Socratic: {' '.join(map(str, scale.socratic_args))})" if scale.socratic_args else ""
     lines = [f"# PlatoLM pipeline run: `--scale {name}`", "",
              f"Base model `{scale.base_model}` ({scale.template} template), teacher "
              f"`{os.environ.get('TEACHER') or scale.teacher_model}`; {scale.train_steps} training steps per model"
-             f"{' (LoRA)' if scale.lora else ''}, context {scale.max_length} tokens.", "",
+             f"{' (LoRA)' if scale.lora else ''}{socratic}, context {scale.max_length} tokens.", *nll_summary(res), "",
              "| stage | seconds |", "|---|---|"]
     lines += [f"| {m.name} | {json.loads(m.read_text())['seconds']} |" for m in sorted(p.stages.iterdir())]
     if (res / "clean.json").exists():

@@ -47,11 +47,21 @@ def test_tiny_demo_end_to_end_and_resume(tmp_path, tiny_dir):
         assert quality["num_questions"] > 0 and 0 < quality["topic_diversity"] <= 1
         stats = json.loads((results / "corpus_stats" / f"{name}.json").read_text())
         assert stats["sessions"] > 0
+    simulator = {f.stem: json.loads(f.read_text()) for f in (results / "simulator").glob("*.json")}
+    assert set(simulator) == {"base", "socratic", "sharegpt_diversity", "base_diversity", "socratic_diversity"}
+    assert all(simulator[k]["nll"] > 0 and simulator[k]["tokens"] > 0 for k in ("base", "socratic"))
+    assert simulator["base"]["tokens"] == simulator["socratic"]["tokens"]  # the same held-out human turns
+    assert all(0 < simulator[k]["distinct_1"] <= 1 for k in simulator if k.endswith("diversity"))
+    socratic_run = json.loads((out / "socratic" / "platolm_run.json").read_text())
+    history = json.loads((out / "socratic" / "trainer_state.json").read_text())["log_history"]
+    assert socratic_run["conversations"]["eval"] >= 1 and any("eval_loss" in h for h in history)
     answers = jsonl(results / "mt_bench" / "model_answer" / "platolm-tiny.jsonl")
     assert len(answers) == 2 and all(len(a["choices"][0]["turns"]) == 2 for a in answers)
     report = (out / "REPORT.md").read_text()
     assert report.startswith("# PlatoLM pipeline run: `--scale tiny`") and "A SocraticChat session" in report
     assert "### Question quality" in report and "### Corpus statistics" in report
+    assert "## Simulator quality" in report and "| ShareGPT humans |" in report and "| Socratic |" in report
+    assert "Held-out human turns" in report
     assert "Socratic_loss.png" in report and (results / "figures" / "training" / "Socratic_loss.png").exists()
 
     again = run_demo("--scale", "tiny", "--base-model", tiny_dir, "--out", out)
@@ -62,8 +72,9 @@ def test_tiny_demo_end_to_end_and_resume(tmp_path, tiny_dir):
 def test_paper_scale_dry_run_prints_the_launch_commands(tmp_path):
     p = run_demo("--scale", "paper", "--dry-run", "--out", tmp_path / "paper", timeout=120)
     assert p.returncode == 0, p.stderr
-    assert "bash scripts/sft_socratic_7b.sh" in p.stdout and "bash scripts/sft_platolm_7b.sh" in p.stdout
-    assert "--max-context 2048" in p.stdout and "--mode seeded" in p.stdout
+    assert "bash scripts/sft_socratic_7b_paper.sh" in p.stdout and "bash scripts/sft_platolm_7b_paper.sh" in p.stdout
+    assert "--max-context 2048" in p.stdout and "--num-sessions 50728" in p.stdout and "--mode free" in p.stdout
+    assert "--mode seeded" not in p.stdout  # the released SocraticChat is free-mode only; seeds are ablations
     assert not (tmp_path / "paper" / "stages").exists()  # nothing ran
 
 

@@ -1,8 +1,10 @@
-"""The shared Socratic / PlatoLM trainer: CLI contract, role masking, packing, resume, torchrun, LoRA, recipes."""
+"""The shared Socratic / PlatoLM trainer: CLI contract, role masking, packing, resume, torchrun, LoRA, recipes,
+the learned end of conversation, held-out evaluation, and FSDP on any backbone."""
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import signal
 import socket
@@ -15,6 +17,7 @@ import pytest
 import torch
 
 from tests.conftest import PYTHON, ROOT, env_offline
+from tests.test_simulate import servers  # noqa: F401 - a fixture
 from tests.tiny import CORPUS
 
 SOCRATIC, PLATOLM = "model.sft_socratic.train", "model.sft_platolm.train"
@@ -87,6 +90,18 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def run_7b_script(script: str, model, data, out, env: dict, *extra: str) -> subprocess.CompletedProcess:
+    """A 7B launch script (its recipe unchanged), shrunk by flags to a tiny model: 3 steps on 2 CPU processes."""
+    script_env = dict(env, NPROC="2", MASTER_PORT=str(free_port()), PYTHON=PYTHON, MODEL=str(model),
+                      DATA=str(data), OUT=str(out))
+    proc = subprocess.run(["bash", script, "--use_cpu", "--bf16", "false", "--tf32", "false", "--max_steps", "3",
+                           "--model_max_length", "256", "--per_device_train_batch_size", "2",
+                           "--gradient_accumulation_steps", "1", "--dataloader_num_workers", "0", *extra],
+                          cwd=ROOT, env=script_env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    return proc
 
 
 # -- the command-line contract ------------------------------------------------------------------
@@ -321,13 +336,7 @@ def test_7b_script_runs_its_recipe_under_torchrun_with_two_gloo_processes(tiny_d
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "out"
-    script_env = dict(env, NPROC="2", MASTER_PORT=str(free_port()), PYTHON=PYTHON, MODEL=str(tiny_dir),
-                      DATA=str(convs), OUT=str(out))
-    proc = subprocess.run(["bash", "scripts/sft_platolm_7b.sh", "--use_cpu", "--bf16", "false", "--tf32", "false",
-                           "--max_steps", "3", "--model_max_length", "256", "--per_device_train_batch_size", "2",
-                           "--gradient_accumulation_steps", "1", "--dataloader_num_workers", "0"],
-                          cwd=ROOT, env=script_env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-6000:]
+    proc = run_7b_script("scripts/sft_platolm_7b.sh", tiny_dir, convs, out, env)
     assert "processes: 2" in proc.stderr
     assert proc.stderr.count("skipped 2 bad records") == 1  # the main process reports
     state = json.loads((out / "trainer_state.json").read_text())
@@ -336,6 +345,7 @@ def test_7b_script_runs_its_recipe_under_torchrun_with_two_gloo_processes(tiny_d
     record = json.loads((out / "platolm_run.json").read_text())
     assert record["conversations"] == {"train": 38, "eval": 2, "bad": 2}
     assert record["recipe"]["path"] == "recipes/platolm_7b_fsdp.yaml"
+    assert record["fsdp_layers_to_wrap"] == ["LlamaDecoderLayer"]  # the backbone's own, the recipe names none
     AutoModelForCausalLM.from_pretrained(out)
 
 
@@ -440,3 +450,214 @@ def test_a_datasets_directory_is_read_with_bad_records_counted(tiny_tokenizer, t
     good = split_bad(encoded, args, summary)
     assert [encoded[i]["id"] for i in good] == ["a"] and dict(summary.counts) == {"no gpt turn": 1}
     assert encode_records(records, data_hash, tiny_tokenizer, "gpt", "SYS ", args)[1] is True
+
+
+# -- learned end of conversation (--end_token) --------------------------------------------------
+
+ENDING_RECORDS = [  # (record, does it really end?)
+    ({"id": "whole", "conversations": [{"from": "human", "value": "What is 2+2?"}, {"from": "gpt", "value": "4."}]}, True),
+    ({"id": "seg_0", "conversations": [{"from": "human", "value": "Tell me a joke."}, {"from": "gpt", "value": "A cat."}]}, False),
+    ({"id": "seg_1", "conversations": [{"from": "human", "value": "Another?"}, {"from": "gpt", "value": "A dog."}]}, True),
+    ({"id": "cut_0_0", "conversations": [{"from": "human", "value": "Sort?"}, {"from": "gpt", "value": "sorted()."}]}, False),
+    ({"id": "cut_1_0", "conversations": [{"from": "human", "value": "In place?"}, {"from": "gpt", "value": "sort()."}]}, True),
+    ({"id": "sim-budget", "end_reason": "context_full",
+      "conversations": [{"from": "human", "value": "Explain gradients."}, {"from": "gpt", "value": "Slopes."}]}, False),
+    ({"id": "sim-learned", "end_reason": "learned_end",
+      "conversations": [{"from": "human", "value": "Haiku?"}, {"from": "gpt", "value": "Leaves fall."}]}, True),
+    ({"id": "said-no", "ended": False,
+      "conversations": [{"from": "human", "value": "Paris?"}, {"from": "gpt", "value": "France."}]}, False),
+    ({"id": "open_question", "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"},
+                                               {"from": "human", "value": "Unanswered?"}]}, False),
+]
+
+
+def test_end_marker_is_trained_after_the_last_answer_of_ended_conversations_only(tiny_tokenizer, tmp_path):
+    from model.dyadic import END_OF_CONVERSATION, SOCRATIC_SYSTEM
+    from model.train import DataArguments, encode_records, ended_ids, load_records
+
+    data = tmp_path / "ending.json"
+    data.write_text(json.dumps([r for r, _ in ENDING_RECORDS]))
+    args = DataArguments(data_path=str(data), data_cache_dir=str(tmp_path / "cache"), model_max_length=256,
+                         end_token=True)
+    records, data_hash = load_records(args)
+    ended = ended_ids(records)
+    assert ended == {r["id"] for r, end in ENDING_RECORDS if end} | {"open_question"}  # ended, but on a question
+    encoded, _ = encode_records(records, data_hash, tiny_tokenizer, "human", SOCRATIC_SYSTEM, args, ended)
+    marker = tiny_tokenizer.bos_token + END_OF_CONVERSATION + tiny_tokenizer.eos_token
+    tok = tiny_tokenizer
+    for (record, end), row in zip(ENDING_RECORDS, encoded):
+        runs = trained_runs(row["input_ids"], row["labels"], tok)
+        human_turns = [t["value"] for t in record["conversations"] if t["from"] == "human"]
+        assert runs == [tok.bos_token + q + tok.eos_token for q in human_turns] + ([marker] if end else []), record["id"]
+
+
+def trained_runs(ids: list[int], labels: list[int], tokenizer) -> list[str]:
+    runs, cur = [], []
+    for tid, lab in zip(ids, labels):
+        if lab != -100:
+            cur.append(tid)
+        elif cur:
+            runs.append(tokenizer.decode(cur))
+            cur = []
+    return runs + ([tokenizer.decode(cur)] if cur else [])
+
+
+def train_to_end(tiny_dir, tmp_path):
+    """The tiny model trained with --end_token on eight one-round conversations that all ended; each answer is
+    the one tests/fault_teacher.py gives to that question, so a simulation against it stays in distribution."""
+    from model.conversation import HUMAN
+    from model.dyadic import END_OF_CONVERSATION, SOCRATIC_SYSTEM
+    from model.train import main
+    from tests.fault_teacher import _words
+
+    questions = [CORPUS[i % 6][:30 + i] for i in range(8)]
+    records = [{"id": f"e{i}", "conversations": [
+        {"from": "human", "value": q}, {"from": "gpt", "value": " ".join(["Answer", "1:", *_words(12, f"a1|{q}"), "."])}]}
+        for i, q in enumerate(questions)]
+    data, out = tmp_path / "ends.json", tmp_path / "out"
+    data.write_text(json.dumps(records))
+    assert main(HUMAN, SOCRATIC_SYSTEM, [
+        "--model_name_or_path", str(tiny_dir), "--data_path", str(data), "--output_dir", str(out), "--end_token",
+        "--max_steps", "60", "--learning_rate", "1e-2", "--lr_scheduler_type", "constant",
+        "--per_device_train_batch_size", "8", "--packing", "false", "--save_strategy", "no", "--use_cpu",
+        "--report_to", "none", "--disable_tqdm", "true", "--data_cache_dir", str(tmp_path / "cache")]) == 0
+    record = json.loads((out / "platolm_run.json").read_text())
+    assert record["end_of_conversation"] == END_OF_CONVERSATION and record["ended_conversations"] == 8
+    return out, data
+
+
+def test_socratic_learns_to_end_conversations(tiny_dir, tmp_path):
+    """A few dozen steps on conversations that all end: greedy generation after the last answer is the marker."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from model.conversation import HUMAN, iter_conversations
+    from model.dyadic import END_OF_CONVERSATION, SOCRATIC_SYSTEM, Template
+
+    out, data = train_to_end(tiny_dir, tmp_path)
+
+    def next_human_turn(model_dir, turns) -> str:
+        tok, model = AutoTokenizer.from_pretrained(model_dir), AutoModelForCausalLM.from_pretrained(model_dir)
+        ids = tok(Template(tok).prompt_for(turns, HUMAN, SOCRATIC_SYSTEM), return_tensors="pt").input_ids
+        gen = model.generate(ids, max_new_tokens=24, do_sample=False, eos_token_id=tok.eos_token_id,
+                             pad_token_id=tok.pad_token_id)
+        return tok.decode(gen[0, ids.shape[1]:], skip_special_tokens=True)
+
+    convs = list(iter_conversations(data))
+    assert all(next_human_turn(out, c.turns) == END_OF_CONVERSATION for c in convs)
+    assert next_human_turn(out, []) != END_OF_CONVERSATION  # the opening question is a question
+    assert next_human_turn(tiny_dir, convs[0].turns) != END_OF_CONVERSATION
+
+
+def test_a_trained_end_marker_ends_simulated_sessions(tiny_dir, tmp_path, servers):  # noqa: F811
+    """The round trip: trainer --end_token -> data.simulate --end-rule learned ends sessions with learned_end."""
+    from model.dyadic import END_OF_CONVERSATION
+    from tests.test_simulate import fault_server, read, simulate
+
+    socratic, _ = train_to_end(tiny_dir, tmp_path)
+    servers.append(teacher := fault_server(tmp_path, "teacher"))
+    runs = {}
+    for rule in ("learned", "paper"):
+        runs[rule] = tmp_path / f"{rule}.jsonl"
+        simulate(tmp_path, "--simulator", str(socratic), "--teacher-base-url", teacher.url, "--teacher-model", "t",
+                 "--mode", "free", "--num-sessions", "4", "--end-rule", rule,
+                 "--min-turns", "1", "--max-turns", "3", "--simulator-temperature", "0.01", "--max-new-tokens", "24",
+                 "--max-context", "512", "--out", str(runs[rule]))
+    learned, paper = read(runs["learned"]), read(runs["paper"])
+    ended = [r for r in learned if r["end_reason"] == "learned_end"]
+    assert len(learned) == 4 and len(ended) >= 2 and all(r["num_of_rounds"] == 1 for r in ended)  # after one answer
+    assert all(r["end_reason"] != "learned_end" for r in paper)  # the paper's rule never stops at the marker
+    assert any(r["meta"]["usage"]["end_markers_suppressed"] for r in paper)
+    assert all(END_OF_CONVERSATION not in t["value"] for r in learned + paper for t in r["conversations"])
+
+
+def test_end_token_is_socratics_only(tiny_dir, convs, tmp_path, capsys):
+    from model.train import main
+
+    assert main("gpt", "", ["--model_name_or_path", str(tiny_dir), "--data_path", str(convs),
+                            "--output_dir", str(tmp_path), "--end_token"]) == 2
+    assert "only Socratic" in capsys.readouterr().err
+
+
+# -- held-out evaluation during training --------------------------------------------------------
+
+def test_eval_every_n_steps_and_the_plot_shows_both_curves(tiny_dir, convs, tmp_path):
+    from model.train import main, plot_losses
+
+    out = tmp_path / "out"
+    assert main("human", "S ", ["--model_name_or_path", str(tiny_dir), "--data_path", str(convs),
+                                "--output_dir", str(out), "--eval_ratio", "0.2", "--eval_strategy", "steps",
+                                "--eval_steps", "2", "--max_steps", "6", "--logging_steps", "1",
+                                "--per_device_train_batch_size", "2", "--model_max_length", "256",
+                                "--save_strategy", "no", "--use_cpu", "--report_to", "none", "--disable_tqdm", "true",
+                                "--data_cache_dir", str(tmp_path / "cache")]) == 0
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    assert [h["step"] for h in history if "eval_loss" in h] == [2, 4, 6]
+    held = [json.loads(line)["id"] for line in (out / "eval_split.jsonl").read_text().splitlines()]
+    record = json.loads((out / "platolm_run.json").read_text())
+    assert len(held) == record["conversations"]["eval"] == 8 and record["conversations"]["train"] == 32
+    assert plot_losses(history, tmp_path / "again.png") == ["train", "eval"]
+    assert plot_losses([h for h in history if "eval_loss" in h], tmp_path / "eval.png") == ["eval"]
+    assert plot_losses([], tmp_path / "none.png") == [] and not (tmp_path / "none.png").exists()
+    assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_eval_strategy_needs_a_held_out_split(tiny_dir, convs, tmp_path, capsys):
+    from model.train import main
+
+    assert main("human", "", ["--model_name_or_path", str(tiny_dir), "--data_path", str(convs),
+                              "--output_dir", str(tmp_path), "--eval_strategy", "steps"]) == 2
+    assert "--eval_ratio" in capsys.readouterr().err
+
+
+# -- backbones: FSDP wraps each one's own decoder layer ------------------------------------------
+
+def tiny_backbone(kind: str, tokenizer, out: Path) -> Path:
+    """A random-init tiny model of another architecture, built from its config, with the tiny tokenizer."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model(kind, vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                  max_position_embeddings=1024, bos_token_id=tokenizer.bos_token_id,
+                                  eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.mark.parametrize("kind,layer", [("llama", "LlamaDecoderLayer"), ("mistral", "MistralDecoderLayer"),
+                                        ("qwen2", "Qwen2DecoderLayer")])
+def test_fsdp_wraps_the_layer_class_the_backbone_declares(kind, layer, tiny_tokenizer, tmp_path, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    from model.train import TrainArguments, fill_fsdp_wrap, layers_to_wrap
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_backbone(kind, tiny_tokenizer, tmp_path / kind))
+    assert layers_to_wrap(model) == [layer]
+    args = TrainArguments(output_dir=str(tmp_path), use_cpu=True, fsdp=True,
+                          fsdp_config={"version": 2, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP"})
+    assert fill_fsdp_wrap(args, model) == [layer]
+    assert args.fsdp_plugin_args["transformer_cls_names_to_wrap"] == layer
+    named = TrainArguments(output_dir=str(tmp_path), use_cpu=True, fsdp=True,
+                           fsdp_config={"transformer_layer_cls_to_wrap": ["MyBlock"]})
+    assert fill_fsdp_wrap(named, model) == ["MyBlock"]  # a recipe that names one wins
+    plain = TrainArguments(output_dir=str(tmp_path), use_cpu=True)
+    assert fill_fsdp_wrap(plain, model) is None
+    # `accelerate launch --config_file configs/accelerate_fsdp.yaml`: FSDP comes from the environment
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_TRANSFORMER_CLS_TO_WRAP", "")  # unset: accelerate's config names no class
+    assert fill_fsdp_wrap(plain, model) == [layer]
+    assert os.environ["FSDP_TRANSFORMER_CLS_TO_WRAP"] == layer
+
+
+def test_another_backbone_trains_through_the_fsdp_recipe(tiny_tokenizer, convs, env, tmp_path):
+    """The packed FSDP recipe, unchanged, on a tiny Qwen2 under torchrun (2 CPU processes)."""
+    from transformers import AutoModelForCausalLM
+
+    model_dir = tiny_backbone("qwen2", tiny_tokenizer, tmp_path / "qwen2")
+    out = tmp_path / "out"
+    run_7b_script("scripts/sft_socratic_7b.sh", model_dir, convs, out, env)
+    record = json.loads((out / "platolm_run.json").read_text())
+    assert record["fsdp_layers_to_wrap"] == ["Qwen2DecoderLayer"]
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 3
+    assert type(AutoModelForCausalLM.from_pretrained(out)).__name__ == "Qwen2ForCausalLM"
