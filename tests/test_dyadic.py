@@ -243,8 +243,24 @@ def test_cli_not_json(tmp_path, tiny_dir):
     assert len((tmp_path / "o.jsonl").read_text().splitlines()) == 1
 
 
-def test_cli_on_real_conversations_with_smollm2(tmp_path, shared_data, smollm2_dir, smollm2_tokenizer):
-    src = json.loads((shared_data / "oasst/oasst_en100_threads.sharegpt.json").read_text())[:25]
+def real_sharegpt(n: int) -> list[dict]:
+    """The first n well-formed records of the ShareGPT V3 file that `make setup` installs."""
+    import itertools
+
+    from model.assets import sharegpt_file
+    from model.conversation import BadRecord, read_json_records
+
+    def good(pair) -> bool:
+        try:
+            return len(parse_record(pair[1], pair[0]).turns) >= 2
+        except BadRecord:
+            return False
+
+    return [rec for _, rec in itertools.islice(filter(good, enumerate(read_json_records(sharegpt_file()))), n)]
+
+
+def test_cli_on_real_conversations_with_smollm2(tmp_path, smollm2_dir, smollm2_tokenizer):
+    src = real_sharegpt(25)
     data = tmp_path / "real.json"
     data.write_text(json.dumps(src))
     for role in (HUMAN, GPT):

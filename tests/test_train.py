@@ -549,25 +549,29 @@ def test_socratic_learns_to_end_conversations(tiny_dir, tmp_path):
 
 
 def test_a_trained_end_marker_ends_simulated_sessions(tiny_dir, tmp_path, servers):  # noqa: F811
-    """The round trip: trainer --end_token -> data.simulate --end-rule learned ends sessions with learned_end."""
+    """The round trip: trainer --end_token -> (served or loaded) simulator -> data.simulate --end-rule learned."""
     from model.dyadic import END_OF_CONVERSATION
-    from tests.test_simulate import fault_server, read, simulate
+    from tests.test_simulate import fault_server, read, serve_simulator, simulate
 
     socratic, _ = train_to_end(tiny_dir, tmp_path)
     servers.append(teacher := fault_server(tmp_path, "teacher"))
+    servers.append(served := serve_simulator(tmp_path, socratic, "socratic"))
     runs = {}
-    for rule in ("learned", "paper"):
-        runs[rule] = tmp_path / f"{rule}.jsonl"
-        simulate(tmp_path, "--simulator", str(socratic), "--teacher-base-url", teacher.url, "--teacher-model", "t",
+    for name, rule, simulator in (("learned", "learned", str(socratic)), ("served", "learned", served.url),
+                                  ("paper", "paper", str(socratic))):
+        runs[name] = tmp_path / f"{name}.jsonl"
+        simulate(tmp_path, "--simulator", simulator, "--teacher-base-url", teacher.url, "--teacher-model", "t",
                  "--mode", "free", "--num-sessions", "4", "--end-rule", rule,
                  "--min-turns", "1", "--max-turns", "3", "--simulator-temperature", "0.01", "--max-new-tokens", "24",
-                 "--max-context", "512", "--out", str(runs[rule]))
-    learned, paper = read(runs["learned"]), read(runs["paper"])
-    ended = [r for r in learned if r["end_reason"] == "learned_end"]
-    assert len(learned) == 4 and len(ended) >= 2 and all(r["num_of_rounds"] == 1 for r in ended)  # after one answer
+                 "--max-context", "512", "--out", str(runs[name]))
+    for name in ("learned", "served"):
+        sessions = read(runs[name])
+        ended = [r for r in sessions if r["end_reason"] == "learned_end"]
+        assert len(sessions) == 4 and len(ended) >= 2 and all(r["num_of_rounds"] == 1 for r in ended), name
+    paper = read(runs["paper"])
     assert all(r["end_reason"] != "learned_end" for r in paper)  # the paper's rule never stops at the marker
     assert any(r["meta"]["usage"]["end_markers_suppressed"] for r in paper)
-    assert all(END_OF_CONVERSATION not in t["value"] for r in learned + paper for t in r["conversations"])
+    assert all(END_OF_CONVERSATION not in t["value"] for f in runs.values() for r in read(f) for t in r["conversations"])
 
 
 def test_end_token_is_socratics_only(tiny_dir, convs, tmp_path, capsys):
