@@ -248,18 +248,28 @@ def resize_for_added_tokens(model, n_tokens: int) -> int:
     """Grow the embeddings to ``n_tokens`` rows; each new input and output row is the mean of the old rows.
 
     The original's initialisation (exactly the mean, where transformers would sample around it). Returns
-    how many rows were added.
+    how many rows were added. Under DeepSpeed ZeRO-3 the weights are partitioned when loaded (their local
+    shape is empty), so the size is the module's own and the rows are gathered while they are written.
     """
-    import torch
+    import contextlib
 
-    old = model.get_input_embeddings().weight.shape[0]
+    import torch
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    old = model.get_input_embeddings().num_embeddings
     if n_tokens <= old:
         return 0
     model.resize_token_embeddings(n_tokens, mean_resizing=False)
-    with torch.no_grad():
-        for emb in {id(e.weight): e for e in (model.get_input_embeddings(), model.get_output_embeddings())
-                    if e is not None}.values():
-            emb.weight[old:] = emb.weight[:old].mean(dim=0, keepdim=True)
+    weights = list({id(e.weight): e.weight for e in (model.get_input_embeddings(), model.get_output_embeddings())
+                    if e is not None}.values())
+    gathered = contextlib.nullcontext()
+    if is_deepspeed_zero3_enabled():
+        import deepspeed
+
+        gathered = deepspeed.zero.GatheredParameters(weights, modifier_rank=0)
+    with gathered, torch.no_grad():
+        for weight in weights:
+            weight[old:] = weight[:old].mean(dim=0, keepdim=True)
     return n_tokens - old
 
 
