@@ -1,6 +1,6 @@
 """The whole PlatoLM pipeline in one command: ShareGPT -> Socratic -> SocraticChat -> PlatoLM -> tables.
 
-    python -m scripts.demo                      # CPU, SmolLM2-135M-Instruct, ~15 minutes (what `make demo` runs)
+    python -m scripts.demo                      # CPU, SmolLM2-135M-Instruct, ~30 minutes (what `make demo` runs)
     python -m scripts.demo --scale tiny --base-model DIR   # seconds-scale smoke run (used by the tests)
     python -m scripts.demo --scale paper --dry-run         # print the paper's 4xA100 commands
     TEACHER=gpt-3.5-turbo OPENAI_API_KEY=... python -m scripts.demo   # the real teacher
