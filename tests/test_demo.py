@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import subprocess
 
+import pytest
+
 from tests.conftest import PYTHON, ROOT, env_offline
 
 STAGES = ["1-prepare", "2-train-socratic", "3-simulate", "4-train-platolm", "5-evaluate", "6-report"]
@@ -21,6 +23,7 @@ def jsonl(path):
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+@pytest.mark.slow
 def test_tiny_demo_end_to_end_and_resume(tmp_path, tiny_dir):
     out = tmp_path / "demo"
     p = run_demo("--scale", "tiny", "--base-model", tiny_dir, "--out", out)
@@ -78,6 +81,7 @@ def test_paper_scale_dry_run_prints_the_launch_commands(tmp_path):
     assert not (tmp_path / "paper" / "stages").exists()  # nothing ran
 
 
+@pytest.mark.slow
 def test_tiny_demo_with_a_remote_teacher_and_judge(tmp_path, tiny_dir):
     """TEACHER / JUDGE_MODEL switch the demo to OpenAI-compatible endpoints (here a local fault-free server)."""
     from tests.test_simulate import fault_server

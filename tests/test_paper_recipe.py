@@ -84,6 +84,7 @@ def test_padded_rows_hold_one_conversation_each(tiny_tokenizer, tmp_path):
     assert (batch["attention_mask"] == 0).any()
 
 
+@pytest.mark.slow
 def test_platolm_paper_script_runs_its_first_steps(tiny_dir, env, tmp_path):  # noqa: F811
     """scripts/sft_platolm_7b_paper.sh, shrunk by flags to the tiny model on 2 CPU processes."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -296,6 +296,7 @@ def test_pad_token_reuses_unk_then_eos_and_keeps_the_vocabulary(tiny_dir):
 
 # -- interruption and resume --------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_the_next_run_resumes_from_it(tiny_dir, convs, env, tmp_path):
     out = tmp_path / "out"
     args = contract_args(PLATOLM, tiny_dir, convs, out)
@@ -331,6 +332,7 @@ def test_ctrl_c_saves_a_checkpoint_and_the_next_run_resumes_from_it(tiny_dir, co
 
 # -- distributed --------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_7b_script_runs_its_recipe_under_torchrun_with_two_gloo_processes(tiny_dir, convs, env, tmp_path):
     """scripts/sft_platolm_7b.sh with the paper's recipe, shrunk by flags to the tiny model on 2 CPU processes."""
     from transformers import AutoModelForCausalLM
@@ -351,6 +353,7 @@ def test_7b_script_runs_its_recipe_under_torchrun_with_two_gloo_processes(tiny_d
 
 # -- LoRA ---------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_lora_on_smollm2_saves_a_merged_model(smollm2_dir, convs, env, tmp_path):
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
@@ -548,6 +551,7 @@ def test_socratic_learns_to_end_conversations(tiny_dir, tmp_path):
     assert next_human_turn(tiny_dir, convs[0].turns) != END_OF_CONVERSATION
 
 
+@pytest.mark.slow
 def test_a_trained_end_marker_ends_simulated_sessions(tiny_dir, tmp_path, servers):  # noqa: F811
     """The round trip: trainer --end_token -> (served or loaded) simulator -> data.simulate --end-rule learned."""
     from model.dyadic import END_OF_CONVERSATION
@@ -654,6 +658,7 @@ def test_fsdp_wraps_the_layer_class_the_backbone_declares(kind, layer, tiny_toke
     assert os.environ["FSDP_TRANSFORMER_CLS_TO_WRAP"] == layer
 
 
+@pytest.mark.slow
 def test_another_backbone_trains_through_the_fsdp_recipe(tiny_tokenizer, convs, env, tmp_path):
     """The packed FSDP recipe, unchanged, on a tiny Qwen2 under torchrun (2 CPU processes)."""
     from transformers import AutoModelForCausalLM
