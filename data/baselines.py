@@ -26,7 +26,7 @@ from typing import Any, Callable
 from model.conversation import GPT, HUMAN, BadRecord, BadRecordSummary, Conversation, Turn, parse_record
 
 from data.formats import iter_converted
-from data.sampling import Draw, balance, in_order, pick, round_quotas, shuffled_heads, usable
+from data.sampling import Draw, balance, round_quotas, shuffled_heads, take, usable
 
 SOURCES = ("ultrachat", "baize", "sharegpt")
 # sub-corpora in the order the notebooks shuffled them (the order decides the draw); name patterns
@@ -61,7 +61,7 @@ def group_parts(files: list[str], source: str, names: list[str] | None,
         if part not in excluded:
             parts.setdefault(part, []).append(f)
     order = [p for p, _ in PARTS[source]]
-    ranked = sorted(parts, key=lambda p: (order.index(p) if p in order else len(order), list(parts).index(p)))
+    ranked = sorted(parts, key=lambda p: order.index(p) if p in order else len(order))  # stable: others as given
     return {p: sorted(parts[p]) for p in ranked}
 
 
@@ -118,9 +118,6 @@ def sample_baseline(files: list[str], source: str, n: int, seed: int, strict: bo
     sizes = {part: sum(1 for _ in stream(part, summary, left_out, strict)) for part in parts}
     quotas = balance(round_quotas(sizes, n), sizes, n)
     picked = shuffled_heads(sizes, quotas, seed, reshuffle=source != "sharegpt")
-    wanted: dict[str, dict[int, int]] = {part: {} for part in parts}
-    for rank, (part, pos) in enumerate(picked):
-        wanted[part][pos] = rank
     quiet = BadRecordSummary(show_first=0)  # the first pass reported them
-    sessions = in_order(x for part in parts for x in pick(stream(part, quiet, Counter(), False), wanted[part]))
+    sessions = take(picked, lambda part: stream(part, quiet, Counter(), False))
     return Draw(sessions, {p or None: k for p, k in sizes.items()}, {p or None: k for p, k in quotas.items()}, left_out)

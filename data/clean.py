@@ -196,7 +196,7 @@ class Cleaner:
         turns = self._paper(conv.turns) if self.rules == "paper" else self._default(conv.turns)
         if isinstance(turns, str):
             return turns
-        key = fingerprint(turns, roles=self.rules != "paper")
+        key = self._key(turns)
         if key in self.seen:
             return "duplicates"
         self.seen.add(key)
@@ -262,7 +262,11 @@ class Cleaner:
         """Continue a resumed run: its counters, and the duplicate filter rebuilt from its output."""
         self.read, self.kept, self.removed = state["read"], state["kept"], Counter(state["removed"])
         self.translations = state.get("translations", 0)
-        self.seen = {fingerprint(c.turns, roles=self.rules != "paper") for c in written}
+        self.seen = {self._key(c.turns) for c in written}
+
+    def _key(self, turns: list[Turn]) -> bytes:
+        """The duplicate key: the paper's rules compare texts only, the default chain roles and texts."""
+        return fingerprint(turns, roles=self.rules != "paper")
 
     def table(self, bad_records: int = 0) -> str:
         """Records removed by each step, and how many were left after it."""

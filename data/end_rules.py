@@ -78,10 +78,14 @@ class EndRule:
             return None
         return max(1, self.max_context - self.max_new_tokens - WINDOW_MARGIN)
 
+    def context_full(self) -> EndOfSession:
+        """The end when the simulator has no room left; under ``fit`` the last round goes too."""
+        return EndOfSession("context_full", drop_last_round=self.name == "fit")
+
     def check(self, q: Question) -> None:
         """Raise EndOfSession when the question ``q`` breaks the budget."""
         if self.name == "fit" and q.prompt_tokens >= self.max_context:
-            raise EndOfSession("context_full", drop_last_round=True)
+            raise self.context_full()
         if q.truncated and q.completion_tokens < self.max_new_tokens:
             raise EndOfSession("context_full")  # the server's context, not max_new_tokens, cut it
         if q.prompt_tokens + q.completion_tokens > self.max_context:
@@ -109,8 +113,8 @@ class TokenCounter:
 
         return cls(load_tokenizer(path), template, system)
 
-    def prompt_ids(self, turns: Sequence[Turn]) -> list[int]:
-        text = self.template.prompt_for(turns, HUMAN, self.system)
+    def prompt_ids(self, turns: Sequence[Turn], next_role: str = HUMAN) -> list[int]:
+        text = self.template.prompt_for(turns, next_role, self.system)
         return self.tokenizer(text, add_special_tokens=self.template.add_special_tokens)["input_ids"]
 
     def text_tokens(self, text: str) -> int:

@@ -24,9 +24,9 @@ from typing import Sequence
 
 import openai
 
-from model.conversation import GPT, HUMAN, TO_OPENAI_ROLE, Turn
+from model.conversation import GPT, HUMAN, Conversation, Turn
 from model.dyadic import SOCRATIC_SYSTEM
-from model.endpoint import Endpoint, is_context_exceeded
+from model.endpoint import Endpoint, Reply, is_context_exceeded
 from model.runner import UsageError
 from data.end_rules import EndOfSession, EndRule, Question, TokenCounter
 
@@ -51,14 +51,21 @@ class Answer:
 
 
 def to_messages(turns: Sequence[Turn], system: str | None) -> list[dict]:
-    msgs = [{"role": "system", "content": system}] if system is not None else []
-    return msgs + [{"role": TO_OPENAI_ROLE[t.role], "content": t.text} for t in turns]
+    return Conversation("", list(turns), system).to_messages()["messages"]
+
+
+async def chat_or_end(endpoint: Endpoint, end: EndOfSession, messages: list[dict], **params) -> Reply:
+    """``endpoint.chat``; a prompt the endpoint says does not fit its context ends the session with ``end``."""
+    try:
+        return await endpoint.chat(messages, **params)
+    except openai.BadRequestError as err:
+        if is_context_exceeded(err):
+            raise end from None
+        raise
 
 
 class SocraticEndpoint:
     """A Socratic simulator behind an OpenAI-compatible endpoint (one or several base URLs)."""
-
-    kind = "socratic"
 
     def __init__(self, endpoint: Endpoint, sampling: Sampling, rule: EndRule, counter: TokenCounter | None,
                  system: str | None = None):
@@ -69,15 +76,10 @@ class SocraticEndpoint:
 
     async def ask(self, turns: Sequence[Turn], seed: int) -> Question:
         s, window = self.sampling, self.rule.window if self.counter is not None else None
-        try:
-            reply = await self.endpoint.chat(
-                to_messages(turns, self.system), allow_empty=True, temperature=s.temperature, top_p=s.top_p,
-                max_tokens=s.max_new_tokens, seed=seed,
-                extra_body={"truncate_prompt_tokens": window} if window else None)
-        except openai.BadRequestError as err:
-            if is_context_exceeded(err):
-                raise EndOfSession("context_full", drop_last_round=self.rule.name == "fit") from None
-            raise
+        reply = await chat_or_end(self.endpoint, self.rule.context_full(), to_messages(turns, self.system),
+                                  allow_empty=True, temperature=s.temperature, top_p=s.top_p,
+                                  max_tokens=s.max_new_tokens, seed=seed,
+                                  extra_body={"truncate_prompt_tokens": window} if window else None)
         served = reply.prompt_tokens or 0
         whole = len(self.counter.prompt_ids(turns)) if self.counter is not None else served
         return Question(reply.text.strip(), whole, reply.completion_tokens or 0, reply.finish_reason, served)
@@ -89,23 +91,20 @@ class SocraticEndpoint:
 class RoleplaySimulator:
     """Static role-play: a chat model prompted (system message) to write the human's next message."""
 
-    kind = "roleplay"
-
-    def __init__(self, endpoint: Endpoint, sampling: Sampling, prompt: str, counter: TokenCounter | None = None):
+    def __init__(self, endpoint: Endpoint, sampling: Sampling, prompt: str, counter: TokenCounter | None = None,
+                 source: str = "the role-play prompt"):
         if CONVERSATION not in prompt:
-            raise UsageError(f"the role-play prompt needs a {CONVERSATION} placeholder for the transcript")
+            raise UsageError(f"{source}: the role-play prompt needs a {CONVERSATION} placeholder where the "
+                             f"transcript so far goes")
         self.endpoint, self.sampling, self.prompt, self.counter = endpoint, sampling, prompt, counter
 
     @classmethod
-    def prompt_from_file(cls, path: str | Path) -> str:
+    def from_file(cls, endpoint: Endpoint, sampling: Sampling, path: str | Path,
+                  counter: TokenCounter | None = None) -> "RoleplaySimulator":
         path = Path(path)
         if not path.is_file():
             raise UsageError(f"{path}: role-play prompt file not found")
-        text = path.read_text(encoding="utf-8")
-        if CONVERSATION not in text:
-            raise UsageError(f"{path}: the role-play prompt needs a {CONVERSATION} placeholder where the "
-                             f"transcript so far goes")
-        return text
+        return cls(endpoint, sampling, path.read_text(encoding="utf-8"), counter, source=str(path))
 
     def render(self, turns: Sequence[Turn]) -> str:
         names = {HUMAN: "User", GPT: "Assistant"}
@@ -137,13 +136,9 @@ class Teacher:
         self.keep_truncated = keep_truncated  # keep answers cut at max_tokens (counted) instead of ending
 
     async def answer(self, turns: Sequence[Turn]) -> Answer:
-        try:
-            reply = await self.endpoint.chat(to_messages(turns, self.system), temperature=self.temperature,
-                                             max_tokens=self.max_tokens)
-        except openai.BadRequestError as err:
-            if is_context_exceeded(err):
-                raise EndOfSession("teacher_context_full") from None
-            raise
+        reply = await chat_or_end(self.endpoint, EndOfSession("teacher_context_full"),
+                                  to_messages(turns, self.system), temperature=self.temperature,
+                                  max_tokens=self.max_tokens)
         truncated = reply.finish_reason == "length" and self.keep_truncated
         if reply.finish_reason not in (None, "stop") and not truncated:  # "length", "content_filter"
             raise EndOfSession(f"teacher_{reply.finish_reason}")
@@ -155,8 +150,6 @@ class Teacher:
 
 class LocalSimulator:
     """A Socratic loaded in this process (``model.generate``), batched across waiting sessions."""
-
-    kind = "socratic"
 
     def __init__(self, generator, sampling: Sampling, rule: EndRule, system: str | None = None,
                  window_s: float = 0.005):
@@ -201,7 +194,7 @@ class LocalSimulator:
             whole = self.counter.prompt_ids(turns)
             given = whole[-rule.window:] if rule.window else whole
             if len(given) >= limit or (rule.name == "fit" and len(whole) >= rule.max_context):
-                results[i] = EndOfSession("context_full", drop_last_round=rule.name == "fit")
+                results[i] = rule.context_full()
                 continue
             prompts.append(given)
             wholes.append(len(whole))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Hashable, Iterable, Iterator, TypeVar
+from typing import Callable, Hashable, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
 
@@ -90,16 +90,13 @@ def stratified(keys: list[Hashable], n: int, seed: int) -> list[int]:
     return out[:n]
 
 
-def pick(items: Iterable[T], wanted: dict[int, int]) -> Iterator[tuple[int, T]]:
-    """(rank, item) for the items of the stream whose position is a key of ``wanted`` (position -> rank)."""
-    for i, item in enumerate(items):
-        rank = wanted.get(i)
-        if rank is not None:
-            yield rank, item
-
-
-def in_order(found: Iterable[tuple[int, T]]) -> list[T]:
-    """Items from :func:`pick` (possibly from several streams) in rank order."""
+def take(picked: Iterable[tuple[Hashable, int]], stream: Callable[[Hashable], Iterable[T]]) -> list[T]:
+    """The picked (stratum, position) items in the order they were picked, reading each stratum's
+    ``stream(stratum)`` once and keeping only the picked items."""
+    wanted: dict[Hashable, dict[int, int]] = {}
+    for rank, (key, pos) in enumerate(picked):
+        wanted.setdefault(key, {})[pos] = rank
+    found = [(ranks[i], item) for key, ranks in wanted.items() for i, item in enumerate(stream(key)) if i in ranks]
     return [item for _, item in sorted(found, key=lambda p: p[0])]
 
 

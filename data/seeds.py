@@ -23,7 +23,7 @@ from typing import Any, Callable
 from model.conversation import GPT, HUMAN, BadRecord, BadRecordSummary, Conversation, Turn, parse_record
 
 from data.formats import iter_converted
-from data.sampling import Draw, in_order, pick, shuffled_heads, stratified, usable
+from data.sampling import Draw, shuffled_heads, stratified, take, usable
 
 SOURCES = ("wizardlm", "sharegpt", "dolly")
 # The sentence dolly.ipynb put in front of a question, by category; these categories keep their context.
@@ -112,12 +112,11 @@ def sample_seeds(path: str, source: str, n: int, seed: int, strict: bool = False
     convert = converter(source, with_answer)
     keys = [c.extra.get("category") for c in usable(iter_converted(path, convert, strict, summary), left_out)]
     if source == "dolly":
-        positions = stratified(keys, n, seed)
+        picked = [(None, p) for p in stratified(keys, n, seed)]
     else:
-        positions = [p for _, p in shuffled_heads({None: len(keys)}, {None: n}, seed)]
+        picked = shuffled_heads({None: len(keys)}, {None: n}, seed)
     quiet = BadRecordSummary(show_first=0)  # the first pass reported them
-    records = usable(iter_converted(path, convert, False, quiet), Counter())
-    seeds = in_order(pick(records, {p: r for r, p in enumerate(positions)}))
+    seeds = take(picked, lambda _: usable(iter_converted(path, convert, False, quiet), Counter()))
     if source == "dolly":  # the notebook's ids: the position in the drawn sample
         seeds = [Conversation(f"dolly_{i}", s.turns, None, s.extra) for i, s in enumerate(seeds)]
     return Draw(seeds, dict(Counter(keys)), dict(Counter(s.extra.get("category") for s in seeds)), left_out)
@@ -129,14 +128,12 @@ def drop_over_budget(seeds: list[Conversation], tokenizer, max_length: int, file
     rendered as Socratic sees them (dyadic template, Socratic's system prompt), under ``max_length``
     tokens. The original removed such WizardLM ids before generating ("one round exceeds the maximal
     context len")."""
-    from model.dyadic import SOCRATIC_SYSTEM, Template
+    from data.end_rules import TokenCounter
 
-    template = Template(tokenizer)
+    counter = TokenCounter(tokenizer)  # the dyadic template, Socratic's system prompt
     kept = []
     for s in seeds:
-        nxt = HUMAN if s.turns[-1].role == GPT else GPT
-        text = template.prompt_for(s.turns, nxt, SOCRATIC_SYSTEM)
-        n = len(tokenizer(text, add_special_tokens=template.add_special_tokens)["input_ids"])
+        n = len(counter.prompt_ids(s.turns, HUMAN if s.turns[-1].role == GPT else GPT))
         if n >= max_length:
             err = BadRecord(file, s.id, "first round exceeds the budget",
                             f"{n} tokens before the next turn, --max-length {max_length}")

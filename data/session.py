@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import openai
 
-from model.conversation import GPT, HUMAN, Turn
+from model.conversation import GPT, HUMAN, Conversation, Turn
 from model.endpoint import FATAL, RetriesExhausted, count_retries, describe
 from data.end_rules import EndOfSession, EndRule, Question, is_end_marker
 
@@ -138,26 +138,27 @@ async def run_session(spec: SessionSpec, simulator, teacher, cfg: SessionConfig,
     """Drive one session to its end; ``on_round(tokens)`` is called after every finished round."""
     usage, retries = Usage(), count_retries()
     base = {"id": spec.id, "mode": spec.mode, **({"seed_id": spec.seed_id} if spec.seed_id is not None else {})}
+
+    def outcome(kind: str, rounds: int = 0, **fields) -> Outcome:
+        return Outcome(kind, {**base, **fields}, rounds=rounds, tokens=usage.total(),
+                       teacher_tokens=(usage.teacher_prompt_tokens, usage.teacher_completion_tokens))
+
     try:
         turns, end_reason = await converse(spec, simulator, teacher, cfg, usage, on_round)
     except FATAL:
         raise
     except (RetriesExhausted, openai.APIError) as err:
-        usage.retries = retries[0]
         reason = str(err) if isinstance(err, RetriesExhausted) else describe(err)
-        return Outcome("failed", {**base, "reason": reason, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
-                       tokens=usage.total(),
-                       teacher_tokens=(usage.teacher_prompt_tokens, usage.teacher_completion_tokens))
-    usage.retries = retries[0]
-    teacher_tokens = (usage.teacher_prompt_tokens, usage.teacher_completion_tokens)
+        return outcome("failed", reason=reason, time=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    finally:
+        usage.retries = retries[0]
     rounds = len(turns) // 2
     seed_only = spec.question is not None and rounds == 1 and not cfg.rule.keeps_seed_only
     if rounds == 0 or seed_only:
         reason = (f"ended with its seed round alone ({end_reason})" if seed_only
                   else f"ended before a first round could be kept ({end_reason})")
-        return Outcome("skipped", {**base, "reason": reason, "end_reason": end_reason},
-                       tokens=usage.total(), teacher_tokens=teacher_tokens)
-    record = {**base, "conversations": [{"from": t.role, "value": t.text} for t in turns],
-              "num_of_rounds": rounds, "end_reason": end_reason,
-              "meta": {**cfg.meta, "usage": vars(usage).copy(), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}}
-    return Outcome("finished", record, rounds=rounds, tokens=usage.total(), teacher_tokens=teacher_tokens)
+        return outcome("skipped", reason=reason, end_reason=end_reason)
+    conversations = Conversation(spec.id, turns).to_sharegpt()["conversations"]
+    return outcome("finished", rounds, conversations=conversations, num_of_rounds=rounds, end_reason=end_reason,
+                   meta={**cfg.meta, "usage": vars(usage).copy(),
+                         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})

@@ -210,7 +210,6 @@ async def run_sessions(specs: Iterable[SessionSpec], need: int, concurrency: int
     return result
 
 
-
 # -- command line ---------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m data.simulate", description=__doc__.split("\n\n")[0],
@@ -315,7 +314,7 @@ async def served_tokenizer(endpoint: Endpoint) -> str | None:
 async def build_simulator(args, rule: EndRule, stack: AsyncExitStack):
     """The simulator the arguments name, and the model name recorded with every session."""
     sampling = Sampling(args.simulator_temperature, args.simulator_top_p, args.max_new_tokens)
-    urls = args.simulator
+    urls, tokenizer = args.simulator, args.simulator_tokenizer
     if not is_url(urls[0]):
         if args.engine == "hf":
             from model.generate import Generator
@@ -325,17 +324,16 @@ async def build_simulator(args, rule: EndRule, stack: AsyncExitStack):
             return LocalSimulator(gen, sampling, rule, args.simulator_system, args.batch_window_ms / 1000), urls[0]
         from model.serve import vllm_server
 
+        tokenizer = tokenizer or urls[0]
         urls = [await stack.enter_async_context(vllm_server(urls[0], "human", args.template, args.max_context))]
-        args.simulator_tokenizer = args.simulator_tokenizer or args.simulator[0]
     endpoint = Endpoint(urls, args.simulator_model, args.simulator_api_key_env, args.max_retries,
                         args.request_timeout, what="simulator")
     model = await endpoint.model_name()
-    tokenizer = args.simulator_tokenizer or (await served_tokenizer(endpoint)
-                                             if args.simulator_kind == "socratic" else None)
+    if not tokenizer and args.simulator_kind == "socratic":
+        tokenizer = await served_tokenizer(endpoint)
     counter = TokenCounter.load(tokenizer, args.template, args.simulator_system) if tokenizer else None
     if args.simulator_kind == "roleplay":
-        prompt = RoleplaySimulator.prompt_from_file(args.roleplay_prompt)
-        return RoleplaySimulator(endpoint, sampling, prompt, counter), model
+        return RoleplaySimulator.from_file(endpoint, sampling, args.roleplay_prompt, counter), model
     if counter is None:
         print("note: the simulator's tokenizer is unknown (pass --simulator-tokenizer): the budget is counted "
               "from the server's usage figures and the simulator sees the whole conversation", file=sys.stderr)

@@ -14,6 +14,7 @@ only, never a pickle: safe to load, independent of the scikit-learn version).
 * ``default``: the detector above (trained on the first use, then loaded from the cache);
 * a path: a detector saved by ``train --out`` (``.npz``), or a Hugging Face text-classification model
   directory; its human label is the one named ``human`` (any case), or give it as ``DIR#LABEL``;
+* a Hugging Face hub name (``ORG/NAME[#LABEL]``): that classifier, from the local cache when offline;
 * ``judge:MODEL`` or ``judge:MODEL@BASE_URL``: an OpenAI-compatible chat model asked who wrote each turn
   (key from ``$OPENAI_API_KEY``; a local server needs none). Turns it gives no usable answer for get NaN
   and are counted in ``.unjudged``.
@@ -114,21 +115,12 @@ class NgramDetector(Detector):
 
     def save(self, path: str | Path) -> None:
         """Write atomically as a plain ``.npz`` (loadable with ``allow_pickle=False``)."""
-        import os
-        import tempfile
+        from model.conversation import atomic_write
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez_compressed(f, vocabulary=np.array(self.vocabulary, dtype=str), idf=self.vectorizer.idf_,
-                                    coef=self.coef, intercept=np.array(self.intercept), trained=self.trained,
-                                    meta=np.array(json.dumps({**self.meta, "format": FORMAT})))
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(path, lambda f: np.savez_compressed(
+            f.buffer, vocabulary=np.array(self.vocabulary, dtype=str), idf=self.vectorizer.idf_, coef=self.coef,
+            intercept=np.array(self.intercept), trained=self.trained,
+            meta=np.array(json.dumps({**self.meta, "format": FORMAT}))))
 
     @classmethod
     def load(cls, path: str | Path) -> "NgramDetector":
@@ -290,8 +282,20 @@ def default_detector(n: int = 10000, n_test: int = 4000, data: str | Path | None
     return det
 
 
-def load_detector(spec: str | None = "default") -> Detector:
-    """A detector from its spec (see the module docstring); UsageError naming the spec if it cannot be had."""
+def hub_snapshot(spec: str, name: str) -> str:
+    """The local directory of a hub classifier (from the cache when offline); UsageError if it cannot be had."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(name)
+    except Exception as err:  # noqa: BLE001 - offline, unknown repo, no access: all the same to the user
+        raise UsageError(f"detector {spec!r} is not available: {str(err).splitlines()[0][:200]} (offline, a "
+                         f"detector must be a local directory or already in the Hugging Face cache)") from None
+
+
+def load_detector(spec: str | None = "default", human_label: str | None = None) -> Detector:
+    """A detector from its spec (see the module docstring); UsageError naming the spec if it cannot be had.
+    ``human_label`` is a classifier's human label when the spec names none (``#LABEL``)."""
     if spec is None or spec == "default":
         return default_detector()
     if spec.startswith("judge:"):
@@ -301,8 +305,10 @@ def load_detector(spec: str | None = "default") -> Detector:
                              f"judge:gpt-4o-mini@http://127.0.0.1:8000/v1")
         return JudgeDetector(model, url or None)
     path, _, label = spec.partition("#")
+    if not Path(path).exists() and path.count("/") == 1:
+        path = hub_snapshot(spec, path)
     if Path(path).is_dir():
-        return HFDetector(path, label or None)
+        return HFDetector(path, label or human_label)
     if Path(path).is_file():
         return NgramDetector.load(path)
     raise UsageError(f"detector {spec!r}: no such file or directory (expected 'default', a saved detector, "
@@ -354,9 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.n < 2 or args.n_test < 2:
             raise UsageError("--n and --n-test must be at least 2")
         det = train_detector(args.data, args.n, args.n_test)
-        from model.assets import sharegpt_file
-
-        out = args.out or default_path(Path(args.data) if args.data else sharegpt_file(), args.n, args.n_test)
+        out = args.out or default_path(Path(det.meta["data"]), args.n, args.n_test)
         det.name = det.meta["name"] = Path(args.out).stem if args.out else "default"
         det.save(out)
         print(f"saved {out} (held-out accuracy {det.accuracy})")

@@ -56,6 +56,7 @@ NEED_REF_CATS = ("math", "reasoning", "coding", "arena-hard-200")
 CATEGORIES = ("writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities",
               # Vicuna-Bench's (writing, roleplay, math and coding are shared)
               "generic", "knowledge", "common-sense", "fermi", "counterfactual")
+BENCH_TITLES = {"mt_bench": "MT-Bench", "vicuna_bench": "Vicuna-Bench"}  # --bench -> title in plots and tables
 JUDGE_MAX_TOKENS = 2048
 _RATING = re.compile(r"\[\[(\d+\.?\d*)\]\]")
 _RATING_BACKUP = re.compile(r"\[(\d+\.?\d*)\]")
@@ -550,7 +551,7 @@ def cmd_show(args) -> int:
         if not scores:
             raise UsageError(f"{args.judgment_file}: no judgments for {', '.join(args.model)}")
     if args.plot:
-        plot_scores(kind, scores, Path(args.plot), "Vicuna-Bench" if args.bench == "vicuna_bench" else "MT-Bench")
+        plot_scores(kind, scores, Path(args.plot), BENCH_TITLES[args.bench])
         print(f"plot written to {args.plot}", file=sys.stderr)
     if args.json:
         print(json.dumps(scores[0] if len(scores) == 1 else scores))

@@ -50,6 +50,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from eval.detector import load_detector
 from eval.mt_bench import add_endpoint_args
 from model.appendlog import AppendLog
 from model.conversation import GPT, HUMAN, BadRecordSummary, Conversation, atomic_write
@@ -161,9 +162,7 @@ def embed_openai(questions: Sequence[str], model: str, base_url: str | None, key
 
     def save(result):
         i, vectors = result
-        tmp = files[i].with_suffix(".tmp.npy")
-        np.save(tmp, vectors)
-        os.replace(tmp, files[i])
+        atomic_write(files[i], lambda f: np.save(f.buffer, vectors))
 
     failures = run_calls([call(i) for i in todo], save, parallel, desc="embeddings")
     if failures:
@@ -171,25 +170,6 @@ def embed_openai(questions: Sequence[str], model: str, base_url: str | None, key
               f"again to resume", file=sys.stderr)
         raise failures[0]
     return np.concatenate([np.load(f) for f in files])
-
-
-def load_human_detector(spec: str, human_label: str):
-    """``eval.detector.load_detector``'s detector; a Hugging Face hub name is first resolved to its files
-    (from the local cache when offline) and a classifier directory gets ``--human-label`` as its human label."""
-    from eval.detector import load_detector
-
-    path, _, label = spec.partition("#")
-    if spec != "default" and not spec.startswith("judge:") and not Path(path).exists() and path.count("/") == 1:
-        from huggingface_hub import snapshot_download
-
-        try:
-            path = snapshot_download(path)
-        except Exception as err:  # noqa: BLE001 - offline, unknown repo, no access: all the same to the user
-            raise UsageError(f"detector {spec!r} is not available: {str(err).splitlines()[0][:200]} (offline, a "
-                             f"detector must be a local directory or already in the Hugging Face cache)") from None
-    if Path(path).is_dir():
-        return load_detector(f"{path}#{label or human_label}")
-    return load_detector(spec)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,16 +289,15 @@ def make_embedder(args) -> tuple[str, Callable[[Sequence[str]], np.ndarray]]:
         parallel=args.parallel, max_retries=args.max_retries)
 
 
-def evaluate(args, data: str, name: str, embedder, detector) -> dict:
+def evaluate(args, data: str, name: str, embedder, detector, tokenizer) -> dict:
     """Every measure for one corpus."""
     convs, summary = load_conversations(data, args.strict)
     questions = [t.text for c in convs for t in c.turns if t.role == HUMAN]
     if len(questions) < 2:
         raise UsageError(f"{data}: {len(questions)} questions; at least two are needed")
     from data.stats import CorpusStats
-    from model.assets import load_tokenizer
 
-    stats = CorpusStats(load_tokenizer(args.tokenizer)).add_all(convs).summary()
+    stats = CorpusStats(tokenizer).add_all(convs).summary()
     mtld, mtld_skipped = mtld_scores(questions)
     embedder_name, embed = embedder
     with_diag, off_diag = topic_diversity(embed(questions))
@@ -414,11 +393,14 @@ def check_args(args) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     names = check_args(args)
-    detector = load_human_detector(args.detector, args.human_label) if args.detector else None  # fail early
+    detector = load_detector(args.detector, args.human_label) if args.detector else None  # fail early
     embedder = make_embedder(args)
+    from model.assets import load_tokenizer
+
+    tokenizer = load_tokenizer(args.tokenizer)  # once for every corpus
     results = []
     for data, name in zip(args.data, names):
-        result = evaluate(args, data, name, embedder, detector)
+        result = evaluate(args, data, name, embedder, detector, tokenizer)
         results.append(result)
         out = args.out or (Path(args.out_dir) / f"{name}.json" if args.out_dir else None)
         if out:

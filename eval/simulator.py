@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import math
 import random
@@ -182,6 +183,16 @@ def load_scorer(model_path: str, device: str, batch_tokens: int) -> tuple[TokenS
     return TokenScorer(model, pad or 0, device, batch_tokens), tokenizer, default_max_context(model.config, tokenizer)
 
 
+def local_scorer(args) -> tuple[TokenScorer, Encoder, int]:
+    """The local simulator's scorer, its human-role encoder (uncut: callers choose the window) and the usable
+    ``--max-length`` (no longer than the model's context)."""
+    scorer, tokenizer, context = load_scorer(args.model, args.device, args.batch_tokens)
+    max_length = min(args.max_length, context)
+    if max_length < args.max_length:
+        print(f"note: --max-length {args.max_length} is past the model's context; using {max_length}", file=sys.stderr)
+    return scorer, Encoder(tokenizer, HUMAN, args.template, max_length=sys.maxsize, system=args.system), max_length
+
+
 def encode_window(encoder: Encoder, convs: Iterable[Conversation], file: str, max_length: int,
                   summary: BadRecordSummary, counts: Counter) -> Iterator[dict]:
     """Encoded conversations cut to their first ``max_length`` tokens; unusable ones counted, not yielded."""
@@ -215,7 +226,7 @@ class Details:
     def __init__(self, path: str | None, options: dict):
         from model.appendlog import AppendLog
 
-        self.log, self.done = (AppendLog(path), {}) if path else (None, {})
+        self.log, self.done = (AppendLog(path) if path else None), {}
         if self.log is None:
             return
         records = self.log.read()
@@ -241,11 +252,7 @@ def perplexity(args) -> dict:
     if args.base_url or str(args.model).startswith(("http://", "https://")):
         raise UsageError("perplexity needs a local model (--model PATH): an OpenAI-compatible endpoint does not "
                          "return the log-probabilities of a given conversation's tokens")
-    scorer, tokenizer, context = load_scorer(args.model, args.device, args.batch_tokens)
-    max_length = min(args.max_length, context)
-    if max_length < args.max_length:
-        print(f"note: --max-length {args.max_length} is past the model's context; using {max_length}", file=sys.stderr)
-    encoder = Encoder(tokenizer, HUMAN, args.template, max_length=sys.maxsize, system=args.system)
+    scorer, encoder, max_length = local_scorer(args)
     options = {"model": str(args.model), "data": str(args.data), "template": args.template,
                "max_length": max_length, "system": args.system}
     details = Details(args.details, options)
@@ -255,7 +262,7 @@ def perplexity(args) -> dict:
     total, tokens, scored = 0.0, 0, 0
     started = time.perf_counter()
     with tqdm(total=args.limit, unit="conv", desc="perplexity", file=sys.stderr, disable=None) as bar:
-        for pool in pooled(_limited(_keyed(rows), args.limit), args.pool):
+        for pool in pooled(itertools.islice(_keyed(rows), args.limit), args.pool):
             todo = [r for r in pool if r["key"] not in details.done]
             results = dict(zip((r["key"] for r in todo), scorer.score(todo)))
             details.add([(k, s, n) for k, (s, n) in results.items()])
@@ -278,13 +285,6 @@ def perplexity(args) -> dict:
 def _keyed(rows: Iterable[dict]) -> Iterator[dict]:
     for i, row in enumerate(rows):
         yield {**row, "key": f"{i}:{row['id']}"}
-
-
-def _limited(rows: Iterable[dict], limit: int | None) -> Iterator[dict]:
-    for i, row in enumerate(rows):
-        if limit is not None and i >= limit:
-            return
-        yield row
 
 
 # -- generation: the simulator under test writes human turns -------------------------------------------
@@ -584,9 +584,7 @@ def marker_decisions(args, points, summary: BadRecordSummary) -> list[bool | Non
     """p(the next human turn is exactly the end marker | history) >= threshold, for every point."""
     from tqdm import tqdm
 
-    scorer, tokenizer, context = load_scorer(args.model, args.device, args.batch_tokens)
-    max_length = min(args.max_length, context)
-    encoder = Encoder(tokenizer, HUMAN, args.template, max_length=sys.maxsize, system=args.system)
+    scorer, encoder, max_length = local_scorer(args)
     decided: list[bool | None] = []
     for start in tqdm(range(0, len(points), args.pool), desc="termination", unit="pool", file=sys.stderr, disable=None):
         chunk = points[start:start + args.pool]

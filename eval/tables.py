@@ -49,7 +49,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from eval.mt_bench import CATEGORIES, plot_scores, scores_from_file
+from eval.mt_bench import BENCH_TITLES, CATEGORIES, plot_scores, scores_from_file
 from eval.question_quality import CRITERIA
 from model.conversation import atomic_write
 from model.runner import UsageError, command
@@ -61,7 +61,6 @@ GROUPS = (("", "main", "Main results"),
           ("ablations/seeds", "seeds", "Ablation: free vs WizardLM vs Dolly seeds"),
           ("ablations/turns", "turns", "Ablation: number of turns"),
           ("ablations/backbones", "backbones", "Ablation: backbone pairing"))
-BENCH_TITLES = {"mt_bench": "MT-Bench", "vicuna_bench": "Vicuna-Bench"}
 SHAREGPT_HUMANS = "ShareGPT humans"
 # simulator metric -> (field, column) pairs, in column order
 SIMULATOR_COLUMNS = {"perplexity": (("nll", "held-out human-turn NLL ↓"), ("ppl", "perplexity ↓")),

@@ -77,15 +77,14 @@ class AppendLog:
     def append(self, record: Any) -> None:
         self.append_many([record])
 
-    def append_many(self, records: Iterable[Any]) -> int:
-        """Append records as one write, flushed and fsynced; returns the file size after it."""
+    def append_many(self, records: Iterable[Any]) -> None:
+        """Append records as one write, flushed and fsynced."""
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(self.path, "a", encoding="utf-8")
         self._file.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
         self._file.flush()
         os.fsync(self._file.fileno())
-        return self._file.tell()
 
     def rewrite(self, records: Iterable[Any]) -> None:
         """Replace the whole file atomically (e.g. one record per key, sorted)."""

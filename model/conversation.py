@@ -38,6 +38,11 @@ class Turn:
     text: str
 
 
+def openai_messages(turns: Iterable[Turn]) -> list[dict]:
+    """Turns as OpenAI chat messages (``user`` = the human's, ``assistant`` = the assistant's)."""
+    return [{"role": TO_OPENAI_ROLE[t.role], "content": t.text} for t in turns]
+
+
 @dataclass
 class Conversation:
     id: str
@@ -52,10 +57,17 @@ class Conversation:
         return {"id": self.id, **self.extra, "conversations": convs}
 
     def to_messages(self) -> dict:
-        msgs = [{"role": TO_OPENAI_ROLE[t.role], "content": t.text} for t in self.turns]
+        msgs = openai_messages(self.turns)
         if self.system is not None:
             msgs.insert(0, {"role": "system", "content": self.system})
         return {"id": self.id, **self.extra, "messages": msgs}
+
+
+def split_segment_id(cid: str) -> tuple[str, int | None]:
+    """``"X_3"`` -> ("X", 3): a split conversation's base id and segment number; (cid, None) for an id
+    without a numeric ``_<k>`` suffix (the original's and FastChat's split, and data.split, name segments so)."""
+    base, _, k = cid.rpartition("_")
+    return (base, int(k)) if base and k.isdigit() else (cid, None)
 
 
 class BadRecord(ValueError):

@@ -66,14 +66,13 @@ import argparse
 import json
 import sys
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence
-
 from pathlib import Path
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
 from model.conversation import (GPT, HUMAN, BadRecord, BadRecordSummary, Conversation, Turn,
-                                TO_OPENAI_ROLE, atomic_write, iter_conversations)
+                                atomic_write, iter_conversations, openai_messages, split_segment_id)
 from model.runner import UsageError, command
 
 SOCRATIC_SYSTEM = (
@@ -152,8 +151,7 @@ class Template:
         return tok.apply_chat_template(messages, tokenize=False)
 
     def _render_chat(self, turns: Sequence[Turn], system: str) -> Rendered:
-        text = self._apply_chat([{"role": TO_OPENAI_ROLE[t.role], "content": t.text} for t in turns],
-                                system)
+        text = self._apply_chat(openai_messages(turns), system)
         spans, pos = [], 0
         for t in turns:
             content = t.text
@@ -251,11 +249,12 @@ def tokenizer_adds_bos(tokenizer) -> bool:
     return bos is not None and added
 
 
-def dyadic_chat_template(role: str, leading_bos: bool = True, tokenizer=None) -> str:
-    """The chat template of the model that writes ``role`` turns; with a tokenizer, its own BOS rule decides."""
+def dyadic_chat_template(role: str, tokenizer=None) -> str:
+    """The chat template of the model that writes ``role`` turns; with a tokenizer, its own BOS rule decides
+    whether it starts with ``bos_token`` (without one, it does: LLaMA's rule)."""
     if role not in (HUMAN, GPT):
         raise ValueError(f"role must be {HUMAN!r} or {GPT!r}, not {role!r}")
-    return _chat_template(role, tokenizer_adds_bos(tokenizer) if tokenizer is not None else leading_bos)
+    return _chat_template(role, tokenizer is None or tokenizer_adds_bos(tokenizer))
 
 
 _PROBE = [Turn(HUMAN, "Hello there, how are you?"), Turn(GPT, "Fine, thanks! And you?"),
@@ -269,7 +268,7 @@ def install_chat_template(tokenizer, role: str) -> str:
     dyadic = Template(tokenizer)
     system = SYSTEM_PROMPTS[role]
     history = _PROBE if role == GPT else _PROBE[:2]
-    messages = [{"role": TO_OPENAI_ROLE[t.role], "content": t.text} for t in history]
+    messages = openai_messages(history)
     pairs = [(dict(conversation=messages), dyadic.render(history, system).text),
              (dict(conversation=messages, add_generation_prompt=True), dyadic.prompt_for(history, role, system))]
     for kwargs, text in pairs:
@@ -316,12 +315,11 @@ LEARNED_END = "learned_end"  # the end_reason data.simulate records when the sim
 def _segment_chain(cid: str) -> list[tuple[str, int]]:
     """``"X_3_1"`` -> [("X_3", 1), ("X", 3)]: every (base, segment number) its id nests."""
     chain = []
-    while True:
-        base, sep, k = cid.rpartition("_")
-        if not (sep and base and k.isdigit()):
-            return chain
-        chain.append((base, int(k)))
-        cid = base
+    base, k = split_segment_id(cid)
+    while k is not None:
+        chain.append((base, k))
+        base, k = split_segment_id(base)
+    return chain
 
 
 def really_ended(convs: Sequence[Conversation]) -> list[bool]:

@@ -64,10 +64,13 @@ def describe(err: BaseException) -> str:
     return f"{type(err).__name__}: {str(err)[:200]}"
 
 
+# A 200 reply without a usable message: retried here (the openai client does not).
+MALFORMED = (MalformedResponse, openai.APIResponseValidationError, json.JSONDecodeError)
+
+
 def is_retryable(err: BaseException) -> bool:
     """What the openai client itself retries (it has already, when this is raised), plus malformed replies."""
-    if isinstance(err, (openai.APIConnectionError, MalformedResponse, openai.APIResponseValidationError,
-                        json.JSONDecodeError)):
+    if isinstance(err, (openai.APIConnectionError, *MALFORMED)):
         return True
     if isinstance(err, openai.APIStatusError):
         return err.status_code >= 500 or err.status_code in (408, 409, 429)
@@ -158,7 +161,7 @@ class Endpoint:
                 result = await fn(self.clients[i])
                 self.calls[i] += 1
                 return result
-            except (MalformedResponse, openai.APIResponseValidationError, json.JSONDecodeError) as err:
+            except MALFORMED as err:
                 if attempt == self.max_retries:
                     raise RetriesExhausted(self.what, attempt + 1, err) from None
                 _bump()

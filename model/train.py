@@ -464,9 +464,8 @@ def _encode_rows(batch: dict, encoder: Encoder, file: str, default_system: str,
         out["length"].append(len(ids))
         out["bad"].append(bad)
 
-    convs, rejected = [], []  # rejected[i]: why record i is bad, or None for the next conversation
+    convs = []
     for rid, record, bad in zip(batch["id"], batch["record"], batch["bad"]):
-        rejected.append((rid, bad) if bad else None)
         if bad:
             continue
         conv = parse_record(json.loads(record), rid, file)
@@ -475,10 +474,9 @@ def _encode_rows(batch: dict, encoder: Encoder, file: str, default_system: str,
         if conv.id in ended and conv.turns[-1].role == GPT:
             conv.turns.append(Turn(HUMAN, END_OF_CONVERSATION))
         convs.append(conv)
-    rows = encoder.encode_many(convs, file)
-    for reason in rejected:
-        if reason:
-            rid, bad = reason
+    rows = encoder.encode_many(convs, file)  # one per good record, in order
+    for rid, bad in zip(batch["id"], batch["bad"]):
+        if bad:
             put(rid, [], [], bad)
             continue
         row = next(rows)

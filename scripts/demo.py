@@ -19,7 +19,7 @@ import socket
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,16 +80,11 @@ class Pipeline:
         self.results = out / "results"
 
     def run(self, *cmd, stdout=None) -> None:
-        cmd = [str(c) for c in cmd]
-        print("$ " + shlex.join(["python" if c == PY else c for c in cmd]) + (f" > {stdout}" if stdout else ""),
-              flush=True)
+        cmd = show(cmd, f" > {stdout}" if stdout else "")
         if self.dry_run:
             return
-        if stdout:
-            with open(stdout, "w") as f:
-                subprocess.run(cmd, check=True, env=self.env, stdout=f)
-        else:
-            subprocess.run(cmd, check=True, env=self.env)
+        with open(stdout, "w") if stdout else nullcontext() as f:
+            subprocess.run(cmd, check=True, env=self.env, stdout=f)
 
     @contextmanager
     def stage(self, name: str):
@@ -114,22 +109,35 @@ class Pipeline:
             yield os.environ.get("TEACHER_BASE_URL", "https://api.openai.com/v1"), remote
             return
         port = free_port()
-        cmd = [PY, "-m", "model.serve", "--model-path", self.scale.teacher_model, "--role", "gpt",
-               "--template", self.scale.teacher_template, "--port", str(port)]
-        print("$ " + shlex.join(["python", *cmd[1:]]) + " &", flush=True)
+        cmd = show([PY, "-m", "model.serve", "--model-path", self.scale.teacher_model, "--role", "gpt",
+                    "--template", self.scale.teacher_template, "--port", port], " &")
         if self.dry_run:
             yield f"http://127.0.0.1:{port}/v1", "teacher"
             return
-        proc = subprocess.Popen(cmd, env=self.env)
-        try:
-            wait_healthy(port, proc)
-            yield f"http://127.0.0.1:{port}/v1", "teacher"
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+        with local_server(cmd, port, env=self.env) as url:
+            yield url, "teacher"
 
 
-def wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 300) -> None:
+def show(cmd, suffix: str = "") -> list[str]:
+    """Print a command as a user would type it (``python`` for this interpreter); returns it as strings."""
+    cmd = [str(c) for c in cmd]
+    print("$ " + shlex.join(["python" if c == PY else c for c in cmd]) + suffix, flush=True)
+    return cmd
+
+
+@contextmanager
+def local_server(cmd: list, port: int, ready_path: str = "/health", **popen):
+    """A local OpenAI-compatible server (the teacher) for the block: started, waited for, stopped; yields its URL."""
+    proc = subprocess.Popen([str(c) for c in cmd], **popen)
+    try:
+        wait_healthy(port, proc, ready_path)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def wait_healthy(port: int, proc: subprocess.Popen, path: str = "/health", timeout: float = 300) -> None:
     import httpx
 
     deadline = time.time() + timeout
@@ -137,7 +145,7 @@ def wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 300) -> Non
         if proc.poll() is not None:
             raise RuntimeError(f"the teacher server exited with code {proc.returncode}")
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+            if httpx.get(f"http://127.0.0.1:{port}{path}", timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -187,17 +195,12 @@ def main(argv: list[str] | None = None) -> int:
     if not scale.base_model:
         ap.error(f"--scale {args.scale} needs --base-model")
     out = args.out or Path("runs/paper" if args.scale == "paper" else "runs/demo")
-    env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
-    if "OPENAI_API_KEY" not in env:
-        env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-        env["OPENAI_API_KEY"] = "local-teacher-needs-no-key"  # the local teacher ignores it
-    p = Pipeline(out, scale, args.dry_run, env)
+    p = Pipeline(out, scale, args.dry_run, stage_env())
     out.mkdir(parents=True, exist_ok=True)
     p.results.mkdir(parents=True, exist_ok=True)
-    tok = scale.base_model
     raw, clean, split = out / "sharegpt_raw.json", out / "sharegpt_clean.json", out / "sharegpt_split.json"
     heldout = out / "heldout_split.json"  # ShareGPT conversations Socratic never sees: its held-out NLL
-    seeds, free, seeded = out / "seeds.json", out / "socraticchat_free.jsonl", out / "socraticchat_seeded.jsonl"
+    seeds, sessions = out / "seeds.json", {mode: out / f"socraticchat_{mode}.jsonl" for mode in scale.modes}
     socratic, platolm = out / "socratic", out / "platolm"
 
     with p.stage("1-prepare") as todo:
@@ -207,14 +210,12 @@ def main(argv: list[str] | None = None) -> int:
                   + (f" of at most {scale.max_chars} characters" if scale.max_chars else "") + f" -> {raw}")
             if not args.dry_run:
                 take_sharegpt(source, scale.conversations, scale.max_chars, raw)
-            p.run(PY, "-m", "data.prepare", "clean", "--in", raw, "--out", clean, "--report", p.results / "clean.json")
-            p.run(PY, "-m", "data.prepare", "split", "--in", clean, "--out", split, "--tokenizer", tok,
-                  "--template", scale.template, "--max-length", scale.max_length, "--report", p.results / "split.json")
+            clean_and_split(p, raw, clean, split, reports=True)
             # seeds from the split segments, whose first rounds fit the context; spares for the ones that don't
             p.run(PY, "-m", "data.prepare", "seeds", "--in", split, "--out", seeds, "--source", "sharegpt",
                   "--n", 4 * scale.sessions)
             if scale.heldout:
-                prepare_heldout(p, source, tok, heldout)
+                prepare_heldout(p, source, heldout)
 
     with p.stage("2-train-socratic") as todo:
         if todo:
@@ -223,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     with p.stage("3-simulate") as todo:
         if todo:
             with p.teacher() as (url, teacher):
-                for mode, dest in ((m, {"free": free, "seeded": seeded}[m]) for m in scale.modes):
+                for mode, dest in sessions.items():
                     p.run(PY, "-m", "data.simulate", "--simulator", socratic, "--template", scale.template,
                           "--teacher-base-url", url,
                           "--teacher-model", teacher, "--mode", mode, *(["--seeds", seeds] if mode == "seeded" else []),
@@ -238,39 +239,17 @@ def main(argv: list[str] | None = None) -> int:
     socraticchat = out / "socraticchat.jsonl"
     with p.stage("4-train-platolm") as todo:
         if todo:
-            parts = [{"free": free, "seeded": seeded}[m] for m in scale.modes]
-            print(f"joining {' and '.join(f.name for f in parts)} -> {socraticchat.name}")
+            print(f"joining {' and '.join(f.name for f in sessions.values())} -> {socraticchat.name}")
             if not args.dry_run:
-                socraticchat.write_text("".join(f.read_text() for f in parts))
+                socraticchat.write_text("".join(f.read_text() for f in sessions.values()))
             p.run(*train_cmd(p, "platolm", socraticchat, platolm))
 
     with p.stage("5-evaluate") as todo:
         if todo:
             if scale.heldout:
                 simulator_rows(p, socratic, heldout)
-            for name, data in (("SocraticChat", socraticchat), ("ShareGPT", split)):
-                p.run(PY, "-m", "eval.question_quality", "--data", data, "--name", name, "--embedder", "minilm",
-                      "--tokenizer", tok, "--out", p.results / "question_quality" / f"{name}.json")
-                (p.results / "corpus_stats").mkdir(exist_ok=True)
-                p.run(PY, "-m", "data.prepare", "stats", "--in", data, "--tokenizer", tok, "--json",
-                      "--plots", p.results / "figures" / f"lengths_{name}",
-                      stdout=p.results / "corpus_stats" / f"{name}.json")
-            # answers (and judgments) go to the run's results; questions, prompts and references come from
-            # the MT-Bench data that `make setup` fetched
-            bench, model_id, data = p.results / "mt_bench", f"platolm-{args.scale}", mt_bench_data()
-            questions = ["--question-file", data / "question.jsonl", "--question-end", scale.mt_bench_questions]
-            p.run(PY, "-m", "eval.mt_bench", "answer", "--model-path", platolm, "--model-id", model_id,
-                  "--bench-dir", bench, *questions, "--template", scale.template,
-                  "--max-new-tokens", scale.max_new_tokens)
-            judge = os.environ.get("JUDGE_MODEL")
-            if judge:
-                p.run(PY, "-m", "eval.mt_bench", "judge", "--bench-dir", bench, *questions,
-                      "--judge-prompts", data / "judge_prompts.jsonl", "--ref-answer-dir", data / "reference_answer",
-                      "--judge-model", judge, "--model-list", model_id,
-                      "--output-file", bench / f"{judge.replace('/', '_')}_single.jsonl",
-                      *(["--judge-base-url", os.environ["JUDGE_BASE_URL"]] if os.environ.get("JUDGE_BASE_URL") else []))
-            else:
-                print("MT-Bench judging skipped: set JUDGE_MODEL (and JUDGE_BASE_URL / OPENAI_API_KEY) to judge")
+            corpus_rows(p, {"SocraticChat": socraticchat, "ShareGPT": split})
+            mt_bench_rows(p, platolm, f"platolm-{args.scale}")
 
     with p.stage("6-report") as todo:
         if todo:
@@ -283,15 +262,63 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def prepare_heldout(p: Pipeline, source: Path, tok: str, dest: Path) -> None:
+def stage_env() -> dict:
+    """The stages' environment: offline unless an OpenAI key is set (then the teacher may be remote)."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
+    if "OPENAI_API_KEY" not in env:
+        env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+        env["OPENAI_API_KEY"] = "local-teacher-needs-no-key"  # the local teacher ignores it
+    return env
+
+
+def clean_and_split(p: Pipeline, raw: Path, clean: Path, dest: Path, reports: bool = False) -> None:
+    """``data.prepare clean`` then ``split``: how every ShareGPT part of the run is prepared (``reports``: the
+    counts of each step, for the report)."""
+    s = p.scale
+    p.run(PY, "-m", "data.prepare", "clean", "--in", raw, "--out", clean,
+          *(["--report", p.results / "clean.json"] if reports else []))
+    p.run(PY, "-m", "data.prepare", "split", "--in", clean, "--out", dest, "--tokenizer", s.base_model,
+          "--template", s.template, "--max-length", s.max_length,
+          *(["--report", p.results / "split.json"] if reports else []))
+
+
+def prepare_heldout(p: Pipeline, source: Path, dest: Path) -> None:
     """The ShareGPT conversations after the training ones, cleaned and split exactly as those were."""
     s, raw, clean = p.scale, p.out / "heldout_raw.json", p.out / "heldout_clean.json"
     print(f"taking the next {s.heldout} records of {source} (after the first {s.conversations}) -> {raw}")
     if not p.dry_run:
         take_sharegpt(source, s.heldout, s.max_chars, raw, skip=s.conversations)
-    p.run(PY, "-m", "data.prepare", "clean", "--in", raw, "--out", clean)
-    p.run(PY, "-m", "data.prepare", "split", "--in", clean, "--out", dest, "--tokenizer", tok,
-          "--template", s.template, "--max-length", s.max_length)
+    clean_and_split(p, raw, clean, dest)
+
+
+def corpus_rows(p: Pipeline, corpora: dict[str, Path]) -> None:
+    """Question quality and corpus statistics of each corpus, by name."""
+    tok = p.scale.base_model
+    for name, data in corpora.items():
+        p.run(PY, "-m", "eval.question_quality", "--data", data, "--name", name, "--embedder", "minilm",
+              "--tokenizer", tok, "--out", p.results / "question_quality" / f"{name}.json")
+        (p.results / "corpus_stats").mkdir(exist_ok=True)
+        p.run(PY, "-m", "data.prepare", "stats", "--in", data, "--tokenizer", tok, "--json",
+              "--plots", p.results / "figures" / f"lengths_{name}", stdout=p.results / "corpus_stats" / f"{name}.json")
+
+
+def mt_bench_rows(p: Pipeline, platolm: Path, model_id: str) -> None:
+    """PlatoLM's MT-Bench answers, judged when JUDGE_MODEL names a judge."""
+    # answers (and judgments) go to the run's results; questions, prompts and references come from
+    # the MT-Bench data that `make setup` fetched
+    s, bench, data = p.scale, p.results / "mt_bench", mt_bench_data()
+    questions = ["--question-file", data / "question.jsonl", "--question-end", s.mt_bench_questions]
+    p.run(PY, "-m", "eval.mt_bench", "answer", "--model-path", platolm, "--model-id", model_id,
+          "--bench-dir", bench, *questions, "--template", s.template, "--max-new-tokens", s.max_new_tokens)
+    judge = os.environ.get("JUDGE_MODEL")
+    if not judge:
+        print("MT-Bench judging skipped: set JUDGE_MODEL (and JUDGE_BASE_URL / OPENAI_API_KEY) to judge")
+        return
+    p.run(PY, "-m", "eval.mt_bench", "judge", "--bench-dir", bench, *questions,
+          "--judge-prompts", data / "judge_prompts.jsonl", "--ref-answer-dir", data / "reference_answer",
+          "--judge-model", judge, "--model-list", model_id,
+          "--output-file", bench / f"{judge.replace('/', '_')}_single.jsonl",
+          *(["--judge-base-url", os.environ["JUDGE_BASE_URL"]] if os.environ.get("JUDGE_BASE_URL") else []))
 
 
 def base_label(base_model: str) -> str:

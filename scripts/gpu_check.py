@@ -20,15 +20,15 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import shlex
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 from model.runner import command
+from scripts.demo import PY, free_port, local_server, show, take_sharegpt
 
-PY = sys.executable
 ROOT = Path(__file__).resolve().parent.parent
 # TinyLlama-1.1B's shape: the smallest widely used Llama-2 architecture
 SHAPE_1B = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
@@ -39,8 +39,7 @@ MARKER = "<!-- gpu-check -->"
 
 def run(cmd: list, dry: bool, **kwargs) -> None:
     """Run a project command; a dry run prints it and, for the trainer, checks that its flags parse."""
-    cmd = [str(c) for c in cmd]
-    print("$ " + shlex.join(["python" if c == PY else c for c in cmd]), flush=True)
+    cmd = show(cmd)
     if not dry:
         subprocess.run(cmd, check=True, cwd=ROOT, **kwargs)
     elif cmd[1:3] == ["-m", "data.simulate"]:
@@ -117,23 +116,14 @@ def socratic_on_vllm(out: Path, sessions: int, dry: bool) -> dict:
          "--output_dir", socratic, "--bf16", "--model_max_length", 1024,
          "--per_device_train_batch_size", 8, "--max_steps", 60, "--learning_rate", "5e-5",
          "--save_strategy", "no", "--report_to", "none", "--auto_resume", "false"], dry)
-    port_file = out / "teacher.port"
-    teacher = None
-    if not dry:
-        port_file.unlink(missing_ok=True)
-        teacher = subprocess.Popen([PY, "-m", "tests.fault_teacher", "--port-file", port_file, "--answer-words", "80"],
-                                   cwd=ROOT)
-        while not port_file.exists():
-            time.sleep(0.2)
-    url = f"http://127.0.0.1:{port_file.read_text() if not dry else 'PORT'}/v1"
-    started = time.monotonic()
-    try:
+    port = free_port()
+    teacher = [PY, "-m", "tests.fault_teacher", "--port", port, "--answer-words", "80"]
+    with (nullcontext(f"http://127.0.0.1:{port}/v1") if dry
+          else local_server(teacher, port, ready_path="/v1/models", cwd=ROOT)) as url:
+        started = time.monotonic()
         run([PY, "-m", "data.simulate", "--simulator", socratic, "--engine", "vllm", "--teacher-base-url", url,
              "--teacher-model", "teacher", "--num-sessions", sessions, "--concurrency", sessions,
              "--max-context", 1024, "--max-new-tokens", 256, "--out", chat, "--no-progress"], dry)
-    finally:
-        if teacher is not None:
-            teacher.terminate()
     if dry:
         return {}
     recs = [json.loads(line) for line in chat.read_text().splitlines()]
@@ -143,8 +133,7 @@ def socratic_on_vllm(out: Path, sessions: int, dry: bool) -> dict:
 
 def gpu_tests(dry: bool) -> dict:
     """Stage 3: every gpu-marked test (vLLM vs HF generate on greedy decoding among them)."""
-    cmd = [PY, "-m", "pytest", "-q", "-m", "gpu", "tests"]
-    print("$ " + shlex.join(["python", *map(str, cmd[1:])]), flush=True)
+    cmd = show([PY, "-m", "pytest", "-q", "-m", "gpu", "tests"])
     if dry:
         return {}
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
@@ -189,7 +178,6 @@ def main(argv: list[str] | None = None) -> int:
         print("no CUDA device here: dry run (the plan only)", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     if not dry:
-        from scripts.demo import take_sharegpt
         from model.assets import sharegpt_file
 
         take_sharegpt(sharegpt_file(), 2000, 0, args.out / "sharegpt.json")

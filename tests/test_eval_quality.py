@@ -244,11 +244,10 @@ def test_detector_specs(quality_run, server, tiny_dir, tmp_path):
     det = load_detector(str(det_file))
     assert r["human_ratio"] == pytest.approx(float(np.mean(det.is_human(quality_run["questions"]))), abs=1e-4)
     assert r["detector_accuracy"] == pytest.approx(det.accuracy) and 0.5 < r["detector_accuracy"] <= 1
-    from eval.question_quality import load_human_detector
     from model.runner import UsageError
 
     with pytest.raises(UsageError, match="detector 'no-such-org/no-such-detector' is not available"):
-        load_human_detector("no-such-org/no-such-detector", "Human")
+        load_detector("no-such-org/no-such-detector", "Human")
 
 
 def test_bad_arguments(quality_run, tmp_path):

@@ -157,7 +157,7 @@ def test_perplexity_input_is_streamed(tiny_dir, tiny_tokenizer):
 
     encoder = Encoder(tiny_tokenizer, HUMAN, "dyadic", max_length=1 << 30)
     rows = sim.encode_window(encoder, endless(), "<gen>", 1000, BadRecordSummary(), Counter())
-    pools = list(sim.pooled(sim._limited(sim._keyed(rows), 10), 4))
+    pools = list(sim.pooled(itertools.islice(sim._keyed(rows), 10), 4))
     assert [len(p) for p in pools] == [4, 4, 2]
     assert len(pulled) <= 10 + 256  # at most one encoder batch read ahead
 
