@@ -14,8 +14,8 @@ import argparse
 import itertools
 import time
 
-from model.assets import load_tokenizer, sharegpt_file
-from model.conversation import GPT, BadRecordSummary, iter_conversations
+from core.assets import load_tokenizer, sharegpt_file
+from core.conversation import GPT, BadRecordSummary, iter_conversations
 from model.dyadic import IGNORE_INDEX, SYSTEM_PROMPTS, Encoder, Template
 
 

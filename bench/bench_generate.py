@@ -28,7 +28,7 @@ import time
 import httpx
 import openai
 
-from model.conversation import GPT, HUMAN, Turn
+from core.conversation import GPT, HUMAN, Turn
 from model.generate import Generator, _IncrementalText
 
 TURNS = [Turn(HUMAN, "Write a long story about a cat who learns to program computers.")]

@@ -28,12 +28,12 @@ import resource
 import time
 from collections import Counter
 
-from model.conversation import HUMAN, BadRecordSummary, iter_conversations
+from core.conversation import HUMAN, BadRecordSummary, iter_conversations
 
 
 def rows_for(tokenizer, template: str, n: int, max_length: int) -> list[dict]:
     from eval.simulator import encode_window
-    from model.assets import sharegpt_file
+    from core.assets import sharegpt_file
     from model.dyadic import Encoder
 
     encoder = Encoder(tokenizer, HUMAN, template, max_length=1 << 30)
@@ -71,8 +71,8 @@ def memory_check(small: int, large: int, max_length: int) -> dict:
     import tempfile
     from pathlib import Path
 
-    from model.assets import sharegpt_file
-    from model.conversation import read_json_records, write_json_array
+    from core.assets import sharegpt_file
+    from core.conversation import read_json_records, write_json_array
     from tests.tiny import make_llama
 
     peaks = {}

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import psutil
 
-from model.assets import load_tokenizer, sharegpt_file
-from model.conversation import (HUMAN, BadRecordSummary, Conversation, Turn, iter_conversations,
+from core.assets import load_tokenizer, sharegpt_file
+from core.conversation import (HUMAN, BadRecordSummary, Conversation, Turn, iter_conversations,
                                 read_json_records, write_json_array)
 from model.dyadic import default_system
 

@@ -20,7 +20,7 @@ import tracemalloc
 import numpy as np
 
 from eval.question_quality import topic_diversity
-from model.runner import command
+from core.runner import command
 
 
 def naive(emb: np.ndarray) -> tuple[float, float]:

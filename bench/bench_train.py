@@ -29,8 +29,8 @@ import torch
 from datasets import Dataset
 from tqdm import tqdm
 
-from model.assets import load_tokenizer, resolve, sharegpt_file
-from model.conversation import GPT, BadRecordSummary, iter_conversations
+from core.assets import load_tokenizer, resolve, sharegpt_file
+from core.conversation import GPT, BadRecordSummary, iter_conversations
 from model.dyadic import Encoder
 from model.packing import PackingCollator, PaddingCollator, Rows, pack_bins, row_lengths
 from model.train import LoraArguments, ModelArguments, ensure_pad_token, load_model

@@ -23,9 +23,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
-from model.conversation import GPT, HUMAN, BadRecord, BadRecordSummary, Conversation, Turn, parse_record
+from core.conversation import GPT, HUMAN, BadRecord, BadRecordSummary, Conversation, Turn, parse_record
 
-from data.formats import iter_converted
+from core.formats import iter_converted
 from data.sampling import Draw, balance, round_quotas, shuffled_heads, take, usable
 
 SOURCES = ("ultrachat", "baize", "sharegpt")

@@ -38,7 +38,7 @@ import re
 from collections import Counter
 from typing import Iterable, Iterator
 
-from model.conversation import GPT, HUMAN, Conversation, Turn
+from core.conversation import GPT, HUMAN, Conversation, Turn
 
 BLOCKED_WORDS = ("openai", "chatgpt")
 STEPS = {"default": ("roles", "html", "too short", "ai mentions", "language", "duplicates"),

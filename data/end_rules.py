@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from model.conversation import HUMAN, Turn
+from core.conversation import HUMAN, Turn
 from model.dyadic import END_OF_CONVERSATION, SYSTEM_PROMPTS, Template
 
 END_RULES = ("paper", "fit", "learned")
@@ -109,7 +109,7 @@ class TokenCounter:
 
     @classmethod
     def load(cls, path: str, template: str = "dyadic", system: str | None = None) -> "TokenCounter":
-        from model.assets import load_tokenizer
+        from core.assets import load_tokenizer
 
         return cls(load_tokenizer(path), template, system)
 

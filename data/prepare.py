@@ -33,10 +33,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from model.conversation import GPT, HUMAN, BadRecordSummary, atomic_write, parse_record
-from model.runner import UsageError, command
+from core.conversation import GPT, HUMAN, BadRecordSummary, atomic_write, parse_record
+from core.errors import UsageError
+from core.runner import command
 
-from data.formats import FORMATS, is_hf_dir, iter_input, write_output, write_rows
+from core.formats import FORMATS, is_hf_dir, iter_input, write_output, write_rows
 
 
 def _progress(items: Iterable, desc: str) -> Iterator:
@@ -52,7 +53,7 @@ def _write_report(path: str | None, counts: dict) -> None:
 
 def _resumable(args, options: dict, pipeline) -> int:
     """Run a chunked pipeline (clean or split) through a checkpointed output; returns the records written."""
-    from model.appendlog import CheckpointedOutput
+    from core.appendlog import CheckpointedOutput
 
     out = CheckpointedOutput(args.out, args.inp, {"command": args.command, **options}, fresh=args.fresh)
     if out.done:
@@ -84,7 +85,7 @@ def cmd_clean(args) -> int:
 
 
 def cmd_split(args) -> int:
-    from model.assets import load_tokenizer
+    from core.assets import load_tokenizer
 
     from data.split import Splitter
 
@@ -108,7 +109,7 @@ def cmd_convert(args) -> int:
 
 
 def cmd_stats(args) -> int:
-    from model.assets import load_tokenizer
+    from core.assets import load_tokenizer
 
     from data.stats import CorpusStats, plot_corpora, table
 
@@ -138,7 +139,7 @@ def cmd_seeds(args) -> int:
     draw = sample_seeds(args.inp, args.source, args.n, args.seed, args.strict, args.summary, args.with_answer)
     seeds = draw.items
     if args.tokenizer:
-        from model.assets import load_tokenizer
+        from core.assets import load_tokenizer
 
         seeds = drop_over_budget(seeds, load_tokenizer(args.tokenizer), args.max_length, args.inp, args.strict,
                                  args.summary)

@@ -20,9 +20,9 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, Callable
 
-from model.conversation import GPT, HUMAN, BadRecord, BadRecordSummary, Conversation, Turn, parse_record
+from core.conversation import GPT, HUMAN, BadRecord, BadRecordSummary, Conversation, Turn, parse_record
 
-from data.formats import iter_converted
+from core.formats import iter_converted
 from data.sampling import Draw, shuffled_heads, stratified, take, usable
 
 SOURCES = ("wizardlm", "sharegpt", "dolly")

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 import openai
 
-from model.conversation import GPT, HUMAN, Conversation, Turn
-from model.endpoint import FATAL, RetriesExhausted, count_retries, describe
+from core.conversation import GPT, HUMAN, Conversation, Turn
+from core.endpoint import FATAL, RetriesExhausted, count_retries, describe
 from data.end_rules import EndOfSession, EndRule, Question, is_end_marker
 
 MARKER_RESAMPLES = 3  # a suppressed end marker (or, rule fit, an empty question) is asked again this many times

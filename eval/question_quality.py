@@ -51,11 +51,12 @@ from typing import Callable, Sequence
 import numpy as np
 
 from eval.detector import load_detector
-from eval.mt_bench import add_endpoint_args
-from model.appendlog import AppendLog
-from model.conversation import GPT, HUMAN, BadRecordSummary, Conversation, atomic_write
-from model.endpoint import Endpoint, run_calls
-from model.runner import UsageError, command
+from core.options import add_endpoint_args
+from core.appendlog import AppendLog
+from core.conversation import GPT, HUMAN, BadRecordSummary, Conversation, atomic_write
+from core.endpoint import Endpoint, run_calls
+from core.errors import UsageError
+from core.runner import command
 
 MTLD_THRESHOLD = 0.72
 CRITERIA = ("complexity", "relevancy", "logicality", "diversity")
@@ -128,7 +129,7 @@ def mtld_scores(questions: Sequence[str], threshold: float = MTLD_THRESHOLD) -> 
 def minilm_embedder(batch_size: int = 64) -> Callable[[Sequence[str]], np.ndarray]:
     from sentence_transformers import SentenceTransformer
 
-    from model.assets import minilm_dir
+    from core.assets import minilm_dir
     from model.generate import pick_device
 
     model = SentenceTransformer(str(minilm_dir()), device=pick_device("auto"))
@@ -242,7 +243,7 @@ def judge_sessions(convs: list[Conversation], args, path: Path) -> dict:
             log.append(rec)
             done[rec["id"]] = rec
 
-        failures = run_calls([call(c) for c in todo], save, args.parallel, desc="judge")
+        failures = run_calls([call(c) for c in todo], save, args.concurrency, desc="judge")
         log.close()
         if failures:
             print(f"error: {len(failures)} judge requests failed; the others are kept in {path}: run again to "
@@ -268,7 +269,7 @@ def judge_summary(recs: list[dict], model: str, path: Path, prompt_file: str | N
 
 # ---------------------------------------------------------------------------------------------
 def load_conversations(path: str, strict: bool) -> tuple[list[Conversation], BadRecordSummary]:
-    from data.formats import iter_input
+    from core.formats import iter_input
 
     summary = BadRecordSummary()
     convs = [c for c in iter_input(path, strict, summary) if any(t.role == HUMAN for t in c.turns)]
@@ -286,7 +287,7 @@ def make_embedder(args) -> tuple[str, Callable[[Sequence[str]], np.ndarray]]:
                  / args.embedding_model.replace("/", "_"))
     return args.embedding_model, lambda qs: embed_openai(
         qs, args.embedding_model, args.embedding_base_url, args.api_key_env, cache,
-        parallel=args.parallel, max_retries=args.max_retries)
+        parallel=args.concurrency, max_retries=args.max_retries)
 
 
 def evaluate(args, data: str, name: str, embedder, detector, tokenizer) -> dict:
@@ -395,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     names = check_args(args)
     detector = load_detector(args.detector, args.human_label) if args.detector else None  # fail early
     embedder = make_embedder(args)
-    from model.assets import load_tokenizer
+    from core.assets import load_tokenizer
 
     tokenizer = load_tokenizer(args.tokenizer)  # once for every corpus
     results = []

@@ -43,9 +43,9 @@ extra detail.
 
 Simulator sources (generation metrics): ``--model PATH --template dyadic|chat`` loads a model here
 (``model.generate.Generator``, role human, batched ``--concurrency`` at a time); ``--base-url URL --model
-NAME`` calls an endpoint through ``model.endpoint.Endpoint``. A ``socratic`` endpoint is sent the
+NAME`` calls an endpoint through ``core.endpoint.Endpoint``. A ``socratic`` endpoint is sent the
 conversation as it is (``user`` = the human's turns, ``assistant`` = the assistant's) and replies with the
-next human turn; a ``roleplay`` one is the lead's ``data.endpoints.RoleplaySimulator`` (a chat model
+next human turn; a ``roleplay`` one is the lead's ``data.simulators.RoleplaySimulator`` (a chat model
 prompted to act as the user). Sampling defaults are the paper's (temperature 0.7, no top-p).
 
 Usage::
@@ -78,10 +78,11 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from data.endpoints import DEFAULT_ROLEPLAY_PROMPT
-from model.conversation import GPT, HUMAN, BadRecord, BadRecordSummary, Conversation, Turn, atomic_write
+from data.simulators import DEFAULT_ROLEPLAY_PROMPT
+from core.conversation import GPT, HUMAN, BadRecord, BadRecordSummary, Conversation, Turn, atomic_write
 from model.dyadic import END_OF_CONVERSATION, IGNORE_INDEX, TEMPLATES, Encoder, really_ended
-from model.runner import UsageError, command
+from core.errors import UsageError
+from core.runner import command
 
 METRICS = ("perplexity", "diversity", "human_likeness", "role_adherence", "termination")
 DEFAULT_PROBES = Path(__file__).resolve().parent / "probes" / "role_swap.jsonl"
@@ -172,7 +173,7 @@ def load_scorer(model_path: str, device: str, batch_tokens: int) -> tuple[TokenS
     """The model (eval mode, float32 on a CPU), its tokenizer and its context length."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from model.assets import resolve
+    from core.assets import resolve
     from model.generate import default_max_context, pick_device, pick_dtype
 
     path = resolve(model_path)
@@ -224,7 +225,7 @@ class Details:
     """``--details FILE``: one line per scored conversation; a rerun with the same options skips them."""
 
     def __init__(self, path: str | None, options: dict):
-        from model.appendlog import AppendLog
+        from core.appendlog import AppendLog
 
         self.log, self.done = (AppendLog(path) if path else None), {}
         if self.log is None:
@@ -247,7 +248,7 @@ class Details:
 def perplexity(args) -> dict:
     from tqdm import tqdm
 
-    from data.formats import iter_input
+    from core.formats import iter_input
 
     if args.base_url or str(args.model).startswith(("http://", "https://")):
         raise UsageError("perplexity needs a local model (--model PATH): an OpenAI-compatible endpoint does not "
@@ -317,7 +318,7 @@ async def _ask_all(args, prefixes, file, names, max_new_tokens):
 
     from data.end_rules import EndOfSession, EndRule
     from data.simulate import build_simulator
-    from model.endpoint import FATAL, RetriesExhausted, describe
+    from core.endpoint import FATAL, RetriesExhausted, describe
 
     ns = simulator_args(args, max_new_tokens)
     rule = EndRule("paper", ns.max_context, ns.max_new_tokens)
@@ -372,7 +373,7 @@ def keep_all(texts: list[str]) -> list[bool]:
 
 def corpus_turns(path: str, which: str, summary: BadRecordSummary, keep=keep_all) -> Iterator[str]:
     """A corpus's openings (``first``: a first turn by the human) or all its human turns, filtered by ``keep``."""
-    from data.formats import iter_input
+    from core.formats import iter_input
 
     for conv in iter_input(path, summary=summary):
         texts = [t.text for t in conv.turns if t.role == HUMAN]
@@ -397,7 +398,7 @@ def save_samples(path: str | None, prefixes: Sequence[list[Turn]], texts: Sequen
     """``--save FILE``: the generated turns after their prefixes, as ShareGPT JSONL (for a look, or ``--data``)."""
     if not path:
         return
-    from model.conversation import write_jsonl
+    from core.conversation import write_jsonl
 
     write_jsonl(path, (Conversation(f"sample-{i}", [*p, Turn(HUMAN, t)]).to_sharegpt()
                        for i, (p, t) in enumerate(zip(prefixes, texts)) if t is not None))
@@ -467,7 +468,7 @@ def human_likeness(args) -> dict:
 
 
 def load_probes(path: str) -> list[Conversation]:
-    from model.conversation import iter_conversations
+    from core.conversation import iter_conversations
 
     summary = BadRecordSummary()
     probes = []
@@ -539,7 +540,7 @@ def marker_rows(encoder: Encoder, points, max_length: int, file: str, summary: B
 
 
 def termination_points(args, summary: BadRecordSummary) -> Iterator[tuple[str, list[Turn], bool]]:
-    from data.formats import iter_input
+    from core.formats import iter_input
 
     convs = list(iter_input(args.data, summary=summary))
     ended = really_ended(convs) if args.ended == "auto" else [True] * len(convs)

@@ -51,8 +51,9 @@ from pathlib import Path
 
 from eval.mt_bench import BENCH_TITLES, CATEGORIES, plot_scores, scores_from_file
 from eval.question_quality import CRITERIA
-from model.conversation import atomic_write
-from model.runner import UsageError, command
+from core.conversation import atomic_write
+from core.errors import UsageError
+from core.runner import command
 
 PAPER_NUMBERS = Path(__file__).resolve().parent / "paper_numbers.yaml"
 # (directory under --results, key in paper_numbers.yaml, heading)
@@ -184,7 +185,7 @@ def quality_section(items: list[tuple[str, dict]], out_dir: Path, tag: str) -> l
 
 
 def plot_quality(items: list[tuple[str, dict]], path: Path) -> None:
-    from model.plots import figure
+    from core.plots import figure
 
     names = [q.get("name", stem) for stem, q in items]
     with figure(path, figsize=(9, 3.5), ncols=2) as (fig, axes):
@@ -213,7 +214,7 @@ def stats_section(stats: list[tuple[str, dict]], published: list[dict]) -> list[
 
 def turns_figure(d: Path, out_dir: Path, tag: str) -> list[str]:
     """The turn ablation as a figure: overall, turn-1 and turn-2 MT-Bench scores per model."""
-    from model.plots import figure
+    from core.plots import figure
 
     singles = sorted((d / "mt_bench").glob("*_single.jsonl")) if (d / "mt_bench").is_dir() else []
     if not singles:

@@ -21,9 +21,9 @@ import sys
 import time
 from typing import Callable
 
-from model.conversation import GPT, HUMAN, Conversation, Turn, write_json_array
+from core.conversation import GPT, HUMAN, Conversation, Turn, write_json_array
 from model.dyadic import ROLE_PREFIX, TEMPLATES
-from model.runner import command
+from core.runner import command
 
 CONTINUE = "\\"
 FENCE = '"""'

@@ -71,9 +71,11 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from model.conversation import (GPT, HUMAN, BadRecord, BadRecordSummary, Conversation, Turn,
+from core.conversation import (GPT, HUMAN, BadRecord, BadRecordSummary, Conversation, Turn,
                                 atomic_write, iter_conversations, openai_messages, split_segment_id)
-from model.runner import UsageError, command
+from core.errors import UsageError
+from core.options import TEMPLATES
+from core.runner import command
 
 SOCRATIC_SYSTEM = (
     "A chat between a curious human and an artificial intelligence assistant. The human can ask "
@@ -89,7 +91,6 @@ ROLE_PREFIX = {HUMAN: "Human: ", GPT: "Assistant: "}
 # The human turn a simulator trained with --end_token writes when the conversation is over (plain text:
 # any server can return it, no special token is needed).
 END_OF_CONVERSATION = "<|end_of_conversation|>"
-TEMPLATES = ("dyadic", "chat")
 IGNORE_INDEX = -100
 _SENTINEL = "\uE000PLATOLM_NEXT_TURN\uE000"  # private-use chars: never in real text
 
@@ -495,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.out and not args.show:
         p.error("give --out, --show N, or both")
 
-    from model.assets import load_tokenizer
+    from core.assets import load_tokenizer
 
     if not Path(args.data).is_file():
         raise UsageError(f"{args.data}: no such file")

@@ -26,7 +26,7 @@ import threading
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
-from model.conversation import GPT, HUMAN, Turn
+from core.conversation import GPT, HUMAN, Turn
 from model.dyadic import SYSTEM_PROMPTS, Template
 
 SANE_MAX_LENGTH = 1_000_000  # tokenizers without a limit report ~1e30 as model_max_length
@@ -180,7 +180,7 @@ class Generator:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from model.assets import resolve
+        from core.assets import resolve
 
         path = resolve(model_path)
         self.device = pick_device(device)

@@ -39,9 +39,10 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
-from model.conversation import GPT, HUMAN, BadRecord, Turn, atomic_write, parse_record
+from core.conversation import GPT, HUMAN, BadRecord, Turn, atomic_write, parse_record
 from model.generate import Completion, ContextOverflow
-from model.runner import UsageError, command
+from core.errors import UsageError
+from core.runner import command
 
 API_KEY_ENV = "PLATOLM_API_KEY"
 DEFAULT_TEMPERATURE = 0.7
@@ -376,7 +377,7 @@ def vllm_command(model: str, role: str, template: str, host: str, port: int, ser
     if importlib.util.find_spec("vllm") is None or not torch.cuda.is_available():
         raise UsageError("--engine vllm needs a CUDA GPU and the vllm package (pip install vllm); "
                          "use --engine hf here")
-    from model.assets import resolve
+    from core.assets import resolve
 
     cmd = ["vllm", "serve", resolve(model), "--host", host, "--port", str(port), "--served-model-name", served_name]
     if max_context:
@@ -389,7 +390,7 @@ def role_template_file(model: str, role: str, template: str) -> str:
     tokenizer (vLLM's ``--chat-template``), whichever role the checkpoint's own template writes."""
     import hashlib
 
-    from model.assets import cache_dir, load_tokenizer
+    from core.assets import cache_dir, load_tokenizer
     from model.dyadic import dyadic_chat_template
 
     if template != "dyadic":

@@ -65,11 +65,12 @@ import numpy as np
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
-from model.conversation import (GPT, HUMAN, BadRecord, BadRecordSummary, Turn, atomic_write, iter_conversations,
+from core.conversation import (GPT, HUMAN, BadRecord, BadRecordSummary, Turn, atomic_write, iter_conversations,
                                 parse_record, write_jsonl)
 from model.dyadic import (END_OF_CONVERSATION, TEMPLATES, Encoder, install_chat_template, match_slow_llama,
                           really_ended)
-from model.runner import UsageError, command
+from core.errors import UsageError
+from core.runner import command
 from model.packing import (PackingCollator, PaddingCollator, Rows, pack_bins, padding_efficiency,
                            row_lengths)
 
@@ -601,7 +602,7 @@ class StopOnSignal:
 
 def plot_losses(log_history: list[dict], path: Path) -> list[str]:
     """Write the training and held-out loss curves as a PNG; returns the curves drawn (none: no file)."""
-    from model.plots import figure
+    from core.plots import figure
 
     curves = {"train": [(h["step"], h["loss"]) for h in log_history if "loss" in h],
               "eval": [(h["step"], h["eval_loss"]) for h in log_history if "eval_loss" in h]}
@@ -764,7 +765,7 @@ def main(train_role: str, system_prompt: str, argv: list[str] | None = None) -> 
 
     from transformers import Trainer
 
-    from model.assets import resolve
+    from core.assets import resolve
 
     main_rank = train_args.process_index == 0
     say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if main_rank else (lambda *a: None)

@@ -23,8 +23,8 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-from model.assets import sharegpt_file
-from model.conversation import atomic_write
+from core.assets import sharegpt_file
+from core.conversation import atomic_write
 
 PY = sys.executable
 
@@ -157,7 +157,7 @@ def take_sharegpt(source: Path, n: int, max_chars: int, dest: Path, skip: int = 
     """Records skip..skip+n (of those of at most max_chars characters) of a ShareGPT file."""
     import itertools
 
-    from model.conversation import read_json_records, write_json_array
+    from core.conversation import read_json_records, write_json_array
 
     def short(rec) -> bool:
         return not max_chars or sum(len(str(t.get("value", ""))) for t in rec.get("conversations", [])) <= max_chars

@@ -19,7 +19,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from model.runner import command
+from core.runner import command
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI_DOC = ROOT / "docs" / "cli.md"
@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         for problem in problems:
             print(problem, file=sys.stderr)
         return 1 if problems else 0
-    from model.conversation import atomic_write
+    from core.conversation import atomic_write
 
     atomic_write(CLI_DOC, lambda f: f.write(text))
     print(f"wrote {CLI_DOC.relative_to(ROOT)}", file=sys.stderr)

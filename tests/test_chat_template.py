@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-from model.conversation import GPT, HUMAN, BadRecordSummary, Conversation, Turn, iter_conversations
+from core.conversation import GPT, HUMAN, BadRecordSummary, Conversation, Turn, iter_conversations
 from model.dyadic import (CHAT_TEMPLATES, PLATOLM_CHAT_TEMPLATE, SOCRATIC_CHAT_TEMPLATE, SYSTEM_PROMPTS, Template,
                           default_system, dyadic_chat_template, install_chat_template, tokenizer_adds_bos)
 
@@ -30,7 +30,7 @@ EDGE = [
 
 @pytest.fixture(scope="module")
 def conversations():
-    from model.assets import sharegpt_file
+    from core.assets import sharegpt_file
 
     real = list(itertools.islice(iter_conversations(sharegpt_file(), summary=BadRecordSummary(show_first=0)), 40))
     assert sum(len(c.turns) >= 6 for c in real) >= 10  # multi-round conversations are among them

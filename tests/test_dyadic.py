@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from model.conversation import GPT, HUMAN, BadRecord, Conversation, Turn, parse_record, read_json_records
+from core.conversation import GPT, HUMAN, BadRecord, Conversation, Turn, parse_record, read_json_records
 from model.dyadic import (IGNORE_INDEX, PLATOLM_SYSTEM, SOCRATIC_SYSTEM, SYSTEM_PROMPTS, Encoder, Template,
                           labels_from_offsets, show)
 from tests.conftest import PYTHON, ROOT, env_offline
@@ -247,8 +247,8 @@ def real_sharegpt(n: int) -> list[dict]:
     """The first n well-formed records of the ShareGPT V3 file that `make setup` installs."""
     import itertools
 
-    from model.assets import sharegpt_file
-    from model.conversation import BadRecord, read_json_records
+    from core.assets import sharegpt_file
+    from core.conversation import BadRecord, read_json_records
 
     def good(pair) -> bool:
         try:

@@ -25,8 +25,8 @@ ORIGINAL_STYLE_PROMPT = (
 
 
 def sharegpt_sessions(n_convs: int, skip: int = 0) -> tuple[list, list[str]]:
-    from model.assets import sharegpt_file
-    from model.conversation import HUMAN, iter_conversations
+    from core.assets import sharegpt_file
+    from core.conversation import HUMAN, iter_conversations
 
     convs = list(itertools.islice(iter_conversations(sharegpt_file()), skip, skip + n_convs))
     return convs, [t.text for c in convs for t in c.turns if t.role == HUMAN]
@@ -93,7 +93,7 @@ def detector_dir(tmp_path_factory):
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-    from model.assets import minilm_dir
+    from core.assets import minilm_dir
 
     out = tmp_path_factory.mktemp("detector")
     tok = AutoTokenizer.from_pretrained(minilm_dir())
@@ -130,7 +130,7 @@ def server():
 def quality_run(tmp_path_factory, tiny_dir, detector_dir, server):
     """One CLI run over two real ShareGPT samples side by side (MiniLM, detector, the judge with a prompt file
     in the original's form on a sample of 5 sessions of each)."""
-    from model.conversation import write_json_array
+    from core.conversation import write_json_array
 
     tmp = tmp_path_factory.mktemp("quality")
     convs, questions = sharegpt_sessions(24)
@@ -151,7 +151,7 @@ def quality_run(tmp_path_factory, tiny_dir, detector_dir, server):
 def test_question_quality_cli(quality_run, server):
     from sentence_transformers import SentenceTransformer
 
-    from model.assets import minilm_dir
+    from core.assets import minilm_dir
 
     run, convs, questions = quality_run, quality_run["convs"], quality_run["questions"]
     assert run["first"].returncode == 0, run["first"].stderr
@@ -219,7 +219,7 @@ def test_default_prompt_every_session_and_unparsable(quality_run, server, tiny_d
     assert "6 of 6 judge replies had no parsable score" in capsys.readouterr().err
     assert all(rec["error"] == "no parsable score" and rec["scores"] == {} for rec in read_jsonl(tmp_path / "mute.jsonl"))
     # a judge that keeps failing: bounded retries, then the run fails (exit 1 from the CLI), nothing scored
-    from model.endpoint import RetriesExhausted
+    from core.endpoint import RetriesExhausted
 
     args = build_parser().parse_args(["--data", str(data), "--judge-model", "judge-down", "--judge-base-url",
                                       server.url + "/v1", "--max-retries", "1"])
@@ -244,7 +244,7 @@ def test_detector_specs(quality_run, server, tiny_dir, tmp_path):
     det = load_detector(str(det_file))
     assert r["human_ratio"] == pytest.approx(float(np.mean(det.is_human(quality_run["questions"]))), abs=1e-4)
     assert r["detector_accuracy"] == pytest.approx(det.accuracy) and 0.5 < r["detector_accuracy"] <= 1
-    from model.runner import UsageError
+    from core.errors import UsageError
 
     with pytest.raises(UsageError, match="detector 'no-such-org/no-such-detector' is not available"):
         load_detector("no-such-org/no-such-detector", "Human")

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.conversation import GPT, HUMAN, BadRecordSummary, Conversation, Turn, iter_conversations, write_jsonl
+from core.conversation import GPT, HUMAN, BadRecordSummary, Conversation, Turn, iter_conversations, write_jsonl
 from model.dyadic import END_OF_CONVERSATION, IGNORE_INDEX, Encoder
-from model.runner import UsageError
+from core.errors import UsageError
 from tests.conftest import PYTHON, ROOT, env_offline
 from tests.test_simulate import fault_server, servers  # noqa: F401 - the fixture is used below
 
@@ -28,7 +28,7 @@ from eval.detector import (HFDetector, NgramDetector, default_detector, load_det
 
 
 def sharegpt(n: int) -> list[Conversation]:
-    from model.assets import sharegpt_file
+    from core.assets import sharegpt_file
 
     convs = iter_conversations(sharegpt_file(), summary=BadRecordSummary(show_first=0))
     return list(itertools.islice((c for c in convs if c.turns[0].role == HUMAN), n))
@@ -191,7 +191,7 @@ def test_detector_beats_chance_on_held_out_real_turns(detector_file):
     assert det.accuracy > 0.8
     # measured again here, on held-out turns of other conversations than the training ones
     from eval.detector import labelled_turns
-    from model.assets import sharegpt_file
+    from core.assets import sharegpt_file
 
     texts, labels = labelled_turns(sharegpt_file(), 3000, 1000)["test"]
     assert np.mean(det.is_human(texts) == np.array(labels, dtype=bool)) == pytest.approx(det.accuracy, abs=1e-4)
@@ -209,7 +209,7 @@ def test_detector_round_trips_and_knows_its_training_turns(tmp_path):
     assert np.allclose(back.human_probability(texts), det.human_probability(texts))
     assert back.accuracy == det.accuracy
     from eval.detector import labelled_turns
-    from model.assets import sharegpt_file
+    from core.assets import sharegpt_file
 
     train_texts, _ = labelled_turns(sharegpt_file(), 400, 200)["train"]
     assert back.seen_in_training(train_texts).all()
@@ -284,7 +284,7 @@ def test_distinct_1_and_reservoir():
 
 def test_human_likeness_of_real_turns_leaves_out_the_detectors_training_turns(detector_file, tmp_path):
     from eval.detector import labelled_turns
-    from model.assets import sharegpt_file
+    from core.assets import sharegpt_file
 
     sides = labelled_turns(sharegpt_file(), 3000, 1000)
     train_h = [t for t, y in zip(*sides["train"]) if y][:20]

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from model.conversation import GPT, HUMAN, Turn
+from core.conversation import GPT, HUMAN, Turn
 from model.dyadic import PLATOLM_SYSTEM, SOCRATIC_SYSTEM, Template
 from model.generate import ContextOverflow, Generator, _IncrementalText, cut_at_stop, held_back
 from tests.conftest import PYTHON, ROOT, env_offline
@@ -142,7 +142,7 @@ def test_vllm_serve_writes_what_generate_writes(tiny_dir):
 
     if not torch.cuda.is_available() or importlib.util.find_spec("vllm") is None:
         pytest.skip("needs CUDA and vllm")
-    from model.endpoint import Endpoint
+    from core.endpoint import Endpoint
     from model.serve import vllm_server
 
     gen = Generator(str(tiny_dir), device="cuda", dtype="float16")  # vLLM's "auto" for float32 weights

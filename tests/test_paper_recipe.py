@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from model.conversation import GPT, HUMAN
+from core.conversation import GPT, HUMAN
 from tests.conftest import ROOT
 from tests.test_train import env, run_7b_script, write_convs  # noqa: F401  (env is a fixture)
 
@@ -64,7 +64,7 @@ def test_padded_rows_hold_one_conversation_each(tiny_tokenizer, tmp_path):
     from datasets import Dataset
     from transformers import AutoTokenizer
 
-    from model.conversation import iter_conversations
+    from core.conversation import iter_conversations
     from model.dyadic import Encoder
     from model.packing import PaddingCollator
     from model.train import ensure_pad_token, make_rows

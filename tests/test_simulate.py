@@ -20,11 +20,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from model.conversation import GPT, HUMAN, Turn
+from core.conversation import GPT, HUMAN, Turn
 from model.dyadic import SOCRATIC_SYSTEM, Template
 from data.end_rules import EndRule
 from data.sessions_store import SessionStore
-from model.runner import UsageError
+from core.errors import UsageError
 from tests.conftest import PYTHON, ROOT, env_offline
 
 FAULTS_ALL = "429,500,drop,garbage,empty,hang"
@@ -216,7 +216,7 @@ def test_sessions_that_run_out_of_retries_are_recorded_and_retried_next_run(tmp_
 def test_rate_limiter_holds_a_minute_of_allowance_and_waits_for_the_rest(monkeypatch):
     import asyncio
 
-    from model.endpoint import RateLimiter
+    from core.endpoint import RateLimiter
 
     now, waits = [0.0], []
 

@@ -15,7 +15,7 @@ import re
 
 import pytest
 
-from model.conversation import GPT, HUMAN, Conversation, Turn
+from core.conversation import GPT, HUMAN, Conversation, Turn
 from model.dyadic import (IGNORE_INDEX, ROLE_PREFIX, SYSTEM_PROMPTS, Encoder, Template, install_chat_template,
                           match_slow_llama)
 from tests.tiny import CORPUS

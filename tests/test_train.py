@@ -71,7 +71,7 @@ def mean_loss(model_dir, data: Path, train_role: str) -> float:
     """Mean loss over the trained tokens of every conversation, one padded batch, no training."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from model.conversation import iter_conversations
+    from core.conversation import iter_conversations
     from model.dyadic import Encoder
     from model.packing import PaddingCollator
     from model.train import ensure_pad_token
@@ -236,7 +236,7 @@ def test_packed_and_padded_batches_give_the_same_loss(attn, sharp_llama, tmp_pat
     from datasets import Dataset
     from transformers import AutoTokenizer
 
-    from model.conversation import iter_conversations
+    from core.conversation import iter_conversations
     from model.dyadic import Encoder
     from model.packing import PackingCollator, PaddingCollator, Rows, pack_bins
     from model.train import LoraArguments, ModelArguments, ensure_pad_token, load_model
@@ -436,7 +436,7 @@ def test_every_recipe_names_its_command_and_only_known_options(recipe):
 
 
 def test_a_datasets_directory_is_read_with_bad_records_counted(tiny_tokenizer, tmp_path):
-    from model.conversation import BadRecordSummary
+    from core.conversation import BadRecordSummary
     from model.train import DataArguments, encode_records, load_records, split_bad
 
     folder = tmp_path / "ds"
@@ -508,7 +508,7 @@ def trained_runs(ids: list[int], labels: list[int], tokenizer) -> list[str]:
 def train_to_end(tiny_dir, tmp_path):
     """The tiny model trained with --end_token on eight one-round conversations that all ended; each answer is
     the one tests/fault_teacher.py gives to that question, so a simulation against it stays in distribution."""
-    from model.conversation import HUMAN
+    from core.conversation import HUMAN
     from model.dyadic import END_OF_CONVERSATION, SOCRATIC_SYSTEM
     from model.train import main
     from tests.fault_teacher import _words
@@ -533,7 +533,7 @@ def test_socratic_learns_to_end_conversations(tiny_dir, tmp_path):
     """A few dozen steps on conversations that all end: greedy generation after the last answer is the marker."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from model.conversation import HUMAN, iter_conversations
+    from core.conversation import HUMAN, iter_conversations
     from model.dyadic import END_OF_CONVERSATION, SOCRATIC_SYSTEM, Template
 
     out, data = train_to_end(tiny_dir, tmp_path)

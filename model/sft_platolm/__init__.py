@@ -1,5 +1,5 @@
 """PlatoLM, the assistant: trained on the assistant turns, with the PlatoLM system prompt."""
-from model.conversation import GPT
+from core.conversation import GPT
 from model.dyadic import SYSTEM_PROMPTS
 
 TRAIN_ROLE = GPT

@@ -1,5 +1,5 @@
 """Socratic, the user simulator: trained on the human turns, with the Socratic system prompt."""
-from model.conversation import HUMAN
+from core.conversation import HUMAN
 from model.dyadic import SYSTEM_PROMPTS
 
 TRAIN_ROLE = HUMAN

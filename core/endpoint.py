@@ -28,7 +28,7 @@ from typing import Any, Awaitable, Callable, Iterable, Sequence
 
 import openai
 
-from model.runner import UsageError
+from core.errors import UsageError
 
 OPENAI_URL = "https://api.openai.com/v1"
 DEFAULT_KEY_ENV = "OPENAI_API_KEY"

@@ -20,11 +20,11 @@ import os
 import sys
 from typing import Callable
 
-from model.conversation import BadRecord
+import openai
 
-
-class UsageError(Exception):
-    """Something to fix before anything runs (a missing file, key or option); the message says what."""
+from core.conversation import BadRecord
+from core.endpoint import FATAL, RetriesExhausted, describe
+from core.errors import UsageError
 
 
 def _first_line(err: BaseException) -> str:
@@ -34,10 +34,6 @@ def _first_line(err: BaseException) -> str:
 
 def explain(err: BaseException) -> tuple[str, int] | None:
     """(message, exit code) for an error the user can act on; None for a bug."""
-    import openai
-
-    from model.endpoint import FATAL, RetriesExhausted, describe
-
     if isinstance(err, (UsageError, BadRecord)):
         return str(err), 2 if isinstance(err, UsageError) else 1
     if isinstance(err, FATAL):

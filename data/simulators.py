@@ -24,10 +24,10 @@ from typing import Sequence
 
 import openai
 
-from model.conversation import GPT, HUMAN, Conversation, Turn
+from core.conversation import GPT, HUMAN, Conversation, Turn
 from model.dyadic import SOCRATIC_SYSTEM
-from model.endpoint import Endpoint, Reply, is_context_exceeded
-from model.runner import UsageError
+from core.endpoint import Endpoint, Reply, is_context_exceeded
+from core.errors import UsageError
 from data.end_rules import EndOfSession, EndRule, Question, TokenCounter
 
 DEFAULT_ROLEPLAY_PROMPT = Path(__file__).resolve().parent / "prompts" / "roleplay.txt"

@@ -18,7 +18,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from model.conversation import BadRecord, atomic_write
+from core.conversation import BadRecord, atomic_write
 
 
 def _warn(msg: str) -> None:

@@ -4,7 +4,7 @@
 * OpenAI messages: ``{"id", "messages": [{"role", "content"}]}``, JSONL (or a JSON array for ``.json``)
 * a Hugging Face ``datasets`` directory (``Dataset.save_to_disk``), rows in ShareGPT shape
 
-Files are read through :func:`model.conversation.iter_conversations` (streaming, cut-off tolerant);
+Files are read through :func:`core.conversation.iter_conversations` (streaming, cut-off tolerant);
 a datasets directory is memory-mapped by ``load_from_disk`` and read row by row. Writing is atomic
 and streaming (``write_json_array`` / ``write_jsonl``; ``Dataset.from_generator`` for ``hf``).
 """
@@ -17,7 +17,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from model.conversation import (BadRecord, BadRecordSummary, Conversation, iter_conversations, parse_record,
+from core.conversation import (BadRecord, BadRecordSummary, Conversation, iter_conversations, parse_record,
                                 write_json_array, write_jsonl)
 
 FORMATS = ("sharegpt", "messages", "hf")
