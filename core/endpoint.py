@@ -6,14 +6,14 @@
 
 * malformed replies (a 200 whose body is not JSON, or has no message text) are retried too;
 * request and token budgets per minute (:class:`RateLimiter`), for providers' RPM/TPM limits;
-* a count of the retries taken, per asyncio task (so each session can report its own);
+* what the calls of each asyncio task cost (:class:`CallStats`: retries, tokens, and money at the
+  endpoint's :class:`Prices`), so each job of ``core.engine`` (a session, a judgment) reports its own;
 * several base URLs serving the same model (vLLM replicas, one per GPU): each call goes to the one
   with the fewest calls in flight, so a large run uses them all;
 * keys only from environment variables: the OpenAI API without a key is an error, a local server
   without one gets a placeholder.
 
-:func:`run_calls` runs many such calls with bounded concurrency and a progress bar, handing each
-result to a callback as soon as it is done (so it is logged before the next one ends).
+Many calls at once (bounded concurrency, resume, failures counted) are ``core.engine``'s business.
 """
 from __future__ import annotations
 
@@ -21,10 +21,9 @@ import asyncio
 import contextvars
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Iterable, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
 import openai
 
@@ -34,7 +33,6 @@ OPENAI_URL = "https://api.openai.com/v1"
 DEFAULT_KEY_ENV = "OPENAI_API_KEY"
 # Errors no retry can get past: a whole run stops on them instead of failing every request.
 FATAL = (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError)
-_RETRIES: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("platolm_retries", default=None)
 
 
 class MalformedResponse(Exception):
@@ -84,11 +82,57 @@ def is_context_exceeded(err: BaseException) -> bool:
         or "maximum context length" in str(getattr(err, "message", "")).lower())
 
 
-def count_retries() -> list[int]:
-    """Start counting the retries of the calls made from this task on; returns the one-item counter."""
-    counter = [0]
-    _RETRIES.set(counter)
-    return counter
+@dataclass
+class Prices:
+    """USD per million prompt and completion tokens (a provider's price list)."""
+    prompt: float = 0.0
+    completion: float = 0.0
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.prompt + completion_tokens * self.completion) / 1e6
+
+
+@dataclass
+class CallStats:
+    """What the calls made from one asyncio task took: retries, tokens, and cost at the endpoints' prices."""
+    retries: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def add(self, other: "CallStats") -> None:
+        self.retries += other.retries
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+        self.cost += other.cost
+
+
+_CALLS: contextvars.ContextVar[CallStats | None] = contextvars.ContextVar("platolm_calls", default=None)
+
+
+def track_calls(stats: CallStats | None = None) -> CallStats:
+    """Count the calls made from this task on (``core.engine`` starts one count per job); returns the count."""
+    stats = stats or CallStats()
+    _CALLS.set(stats)
+    return stats
+
+
+def current_calls() -> CallStats:
+    """This task's count (a new one if nothing is counting yet)."""
+    return _CALLS.get() or track_calls()
+
+
+def note_usage(prompt_tokens: int, completion_tokens: int, prices: Prices | None = None) -> None:
+    """Add one call's tokens (and their cost) to this task's count; a local model's calls use it too."""
+    stats = _CALLS.get()
+    if stats is not None:
+        stats.prompt_tokens += prompt_tokens
+        stats.completion_tokens += completion_tokens
+        stats.cost += prices.cost(prompt_tokens, completion_tokens) if prices else 0.0
 
 
 async def _note_retry(request) -> None:
@@ -98,9 +142,9 @@ async def _note_retry(request) -> None:
 
 
 def _bump() -> None:
-    counter = _RETRIES.get()
-    if counter is not None:
-        counter[0] += 1
+    stats = _CALLS.get()
+    if stats is not None:
+        stats.retries += 1
 
 
 def api_key(key_env: str | None, base_url: str | None, what: str) -> str:
@@ -118,9 +162,11 @@ class Endpoint:
 
     def __init__(self, base_url: str | Sequence[str] | None, model: str | None = None,
                  key_env: str | None = DEFAULT_KEY_ENV, max_retries: int = 6, timeout: float = 600.0,
-                 rpm: float | None = None, tpm: float | None = None, what: str = "endpoint"):
+                 rpm: float | None = None, tpm: float | None = None, what: str = "endpoint",
+                 prices: Prices | None = None):
         urls = [base_url] if base_url is None or isinstance(base_url, str) else list(base_url)
         self.base_urls, self.model, self.max_retries, self.what = urls, model, max_retries, what
+        self.prices = prices
         self.limiter = RateLimiter(rpm, tpm)
         self.clients = [openai.AsyncOpenAI(
             api_key=api_key(key_env, url, what), base_url=url or OPENAI_URL, max_retries=max_retries,
@@ -195,8 +241,9 @@ class Endpoint:
             usage = getattr(resp, "usage", None)
             used = getattr(usage, "total_tokens", None)
             self.limiter.settle(estimate, used or estimate)
-            return Reply(text, finish, getattr(usage, "prompt_tokens", None),
-                         getattr(usage, "completion_tokens", None))
+            reply = Reply(text, finish, getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None))
+            note_usage(reply.prompt_tokens or 0, reply.completion_tokens or 0, self.prices)
+            return reply
 
         return await self._call(attempt, estimate)
 
@@ -208,6 +255,7 @@ class Endpoint:
             resp = await client.embeddings.create(model=model, input=texts)
             if len(resp.data) != len(texts):
                 raise MalformedResponse(f"{len(resp.data)} embeddings for {len(texts)} inputs")
+            note_usage(getattr(getattr(resp, "usage", None), "prompt_tokens", None) or 0, 0, self.prices)
             return [d.embedding for d in sorted(resp.data, key=lambda d: d.index)]
 
         return await self._call(attempt, sum(len(t) for t in texts) // 4)
@@ -267,45 +315,3 @@ class RateLimiter:
     def settle(self, estimate: int, actual: int) -> None:
         if self.tpm:
             self.tokens -= actual - estimate
-
-
-def run_calls(calls: Iterable[Callable[[], Awaitable[Any]]], on_result: Callable[[Any], None],
-              concurrency: int = 8, desc: str = "requests") -> list[BaseException]:
-    """Run every call (a no-argument coroutine function) with at most ``concurrency`` in flight.
-
-    ``on_result`` gets each successful result in completion order. Returns the API errors of the
-    calls that failed (retries ran out, or a request the endpoint refused); other exceptions propagate.
-    """
-    from tqdm import tqdm
-
-    calls = list(calls)
-    failures: list[BaseException] = []
-
-    async def main() -> None:
-        sem = asyncio.Semaphore(max(1, concurrency))
-
-        async def one(call):
-            async with sem:
-                return await call()
-
-        tasks = [asyncio.ensure_future(one(call)) for call in calls]
-        try:
-            with tqdm(total=len(tasks), desc=desc, unit="req", file=sys.stderr, disable=None) as bar:
-                for fut in asyncio.as_completed(tasks):
-                    try:
-                        result = await fut
-                    except (RetriesExhausted, openai.OpenAIError) as err:
-                        if isinstance(err, FATAL):
-                            raise
-                        failures.append(err)
-                        if len(failures) <= 3:
-                            print(f"\nfailed: {describe(getattr(err, 'last', err))}", file=sys.stderr)
-                    else:
-                        on_result(result)
-                    bar.update(1)
-        finally:
-            for t in tasks:
-                t.cancel()
-
-    asyncio.run(main())
-    return failures

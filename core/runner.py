@@ -8,7 +8,8 @@ Wrap a command's ``main(argv) -> int`` with :func:`command`. Errors the user can
 code   meaning
 =====  ==========================================================================================
 0      done
-1      the run failed: a bad record under ``--strict``, an unreadable file, an endpoint that refused
+1      the run failed: a bad record under ``--strict``, an unreadable file, an endpoint that refused,
+       jobs that failed (``core.engine.JobsFailed``: the same command retries them)
 2      the command cannot start: a missing input, key or option (:class:`UsageError`), a bad value
 130    interrupted (Ctrl-C / SIGTERM); resumable commands continue when run again
 =====  ==========================================================================================
@@ -24,6 +25,7 @@ import openai
 
 from core.conversation import BadRecord
 from core.endpoint import FATAL, RetriesExhausted, describe
+from core.engine import JobsFailed
 from core.errors import UsageError
 
 
@@ -36,6 +38,8 @@ def explain(err: BaseException) -> tuple[str, int] | None:
     """(message, exit code) for an error the user can act on; None for a bug."""
     if isinstance(err, (UsageError, BadRecord)):
         return str(err), 2 if isinstance(err, UsageError) else 1
+    if isinstance(err, JobsFailed):
+        return str(err), 1
     if isinstance(err, FATAL):
         return (f"the endpoint refused the request ({type(err).__name__}, HTTP {err.status_code}); check the "
                 f"base URL, model name and key variable"), 1

@@ -78,18 +78,41 @@ class EndRule:
             return None
         return max(1, self.max_context - self.max_new_tokens - WINDOW_MARGIN)
 
+    def visible(self, prompt_ids: list[int]) -> list[int]:
+        """The part of the prompt the simulator is given: its latest ``window`` tokens."""
+        return prompt_ids[-self.window:] if self.window else prompt_ids
+
     def context_full(self) -> EndOfSession:
         """The end when the simulator has no room left; under ``fit`` the last round goes too."""
         return EndOfSession("context_full", drop_last_round=self.name == "fit")
 
+    def check_prompt(self, prompt_tokens: int) -> None:
+        """Under ``fit`` a conversation that alone fills the budget ends the session before anything is asked."""
+        if self.name == "fit" and prompt_tokens >= self.max_context:
+            raise self.context_full()
+
     def check(self, q: Question) -> None:
         """Raise EndOfSession when the question ``q`` breaks the budget."""
-        if self.name == "fit" and q.prompt_tokens >= self.max_context:
-            raise self.context_full()
+        self.check_prompt(q.prompt_tokens)
         if q.truncated and q.completion_tokens < self.max_new_tokens:
             raise EndOfSession("context_full")  # the server's context, not max_new_tokens, cut it
         if q.prompt_tokens + q.completion_tokens > self.max_context:
             raise EndOfSession("context_full")
+
+    def resample_reason(self, q: Question, rounds: int) -> str | None:
+        """None to keep the question ``q``; else why it is asked again (an end marker the rule does not
+        accept yet, or under ``fit`` an empty question). Raises EndOfSession where the session ends here:
+        an accepted end marker, the budget, or (``paper``, as the original) an empty question."""
+        if is_end_marker(q.text):
+            if self.accepts_end(rounds):
+                raise EndOfSession("learned_end")
+            return "end_marker_suppressed"
+        self.check(q)
+        if q.text:
+            return None
+        if self.name != "fit":
+            raise EndOfSession("empty_question")
+        return "empty_question"
 
     def accepts_end(self, rounds: int) -> bool:
         return self.name == "learned" and rounds >= self.min_turns

@@ -1,22 +1,25 @@
 """One SocraticChat session: the simulator asks, the teacher answers, until the session ends.
 
 A session is described by a :class:`SessionSpec` (a deterministic id; for seeded mode the seed's
-question, and its answer when the seed has one, kept verbatim) and ends as one :class:`Outcome`:
-``finished`` (a record for the output file, with the rule that ended it), ``skipped`` (no round worth
-keeping: never retried) or ``failed`` (retries ran out, or the endpoint refused the request: retried
-on the next run). When a session ends is the :class:`~data.end_rules.EndRule`'s business.
+question, and its answer when the seed has one, kept verbatim) and is one ``core.engine`` job
+(:func:`session_jobs`): it ends finished (a record for the output file, with the rule that ended it) or
+skipped (no round worth keeping: never retried); a call whose retries ran out fails it, and the engine
+counts it for the next run to retry. When a session ends is the :class:`~data.end_rules.EndRule`'s
+business; either side (the simulator, and the teacher or an assistant under test) is anything with
+``ask(turns, seed)`` / ``answer(turns)``.
 """
 from __future__ import annotations
 
+import functools
 import time
 import zlib
 from dataclasses import dataclass, field
-
-import openai
+from typing import Iterable, Iterator
 
 from core.conversation import GPT, HUMAN, Conversation, Turn
-from core.endpoint import FATAL, RetriesExhausted, count_retries, describe
-from data.end_rules import EndOfSession, EndRule, Question, is_end_marker
+from core.endpoint import current_calls
+from core.engine import SKIPPED, Job, Result
+from data.end_rules import EndOfSession, EndRule, Question
 
 MARKER_RESAMPLES = 3  # a suppressed end marker (or, rule fit, an empty question) is asked again this many times
 
@@ -29,14 +32,9 @@ class SessionSpec:
     question: str | None = None  # seeded: the seed's first question, verbatim
     answer: str | None = None  # ... and its answer; None: the teacher answers the seed question
 
-
-@dataclass
-class Outcome:
-    kind: str  # "finished" | "skipped" | "failed"
-    record: dict
-    rounds: int = 0
-    tokens: int = 0
-    teacher_tokens: tuple[int, int] = (0, 0)  # prompt, completion
+    def stub(self) -> dict:
+        """The fields every record of this session starts with (finished, skipped or failed)."""
+        return {"id": self.id, "mode": self.mode, **({"seed_id": self.seed_id} if self.seed_id is not None else {})}
 
 
 @dataclass
@@ -50,10 +48,6 @@ class Usage:
     questions_cut_at_max_new_tokens: int = 0
     answers_cut_at_max_tokens: int = 0
     end_markers_suppressed: int = 0
-
-    def total(self) -> int:
-        return (self.simulator_prompt_tokens + self.simulator_completion_tokens
-                + self.teacher_prompt_tokens + self.teacher_completion_tokens)
 
     def add_question(self, q: Question) -> None:
         given = q.prompt_tokens if q.input_tokens is None else q.input_tokens
@@ -80,26 +74,17 @@ async def next_question(simulator, turns: list[Turn], spec: SessionSpec, cfg: Se
                         usage: Usage) -> Question:
     """The simulator's next question under the end rule; EndOfSession when the session ends here.
 
-    An end-of-conversation marker the rule does not accept, and (rule ``fit``) an empty question, are
-    asked again with another seed, a few times; under ``paper`` an empty question ends the session, as
-    it did in the original.
+    What the rule says to ask again (``EndRule.resample_reason``) is asked again with another seed, a few
+    times; then the session ends for that reason.
     """
     rounds, why = len(turns) // 2, "empty_question"
     for attempt in range(MARKER_RESAMPLES + 1):
         q = await simulator.ask(turns, request_seed(cfg.seed, spec.id, rounds) + attempt)
         usage.add_question(q)
-        if is_end_marker(q.text):
-            if cfg.rule.accepts_end(rounds):
-                raise EndOfSession("learned_end")
-            usage.end_markers_suppressed += 1
-            why = "end_marker_suppressed"
-            continue
-        cfg.rule.check(q)
-        if q.text:
+        why = cfg.rule.resample_reason(q, rounds)
+        if why is None:
             return q
-        if cfg.rule.name != "fit":
-            raise EndOfSession("empty_question")
-        why = "empty_question"
+        usage.end_markers_suppressed += why == "end_marker_suppressed"
     raise EndOfSession(why)
 
 
@@ -111,8 +96,8 @@ async def answer(teacher, asked: list[Turn], usage: Usage) -> list[Turn]:
     return [*asked, Turn(GPT, a.text)]
 
 
-async def converse(spec: SessionSpec, simulator, teacher, cfg: SessionConfig, usage: Usage,
-                   on_round=None) -> tuple[list[Turn], str]:
+async def converse(spec: SessionSpec, simulator, teacher, cfg: SessionConfig,
+                   usage: Usage) -> tuple[list[Turn], str]:
     """The session's turns and the reason it ended."""
     turns: list[Turn] = []
     try:
@@ -124,41 +109,32 @@ async def converse(spec: SessionSpec, simulator, teacher, cfg: SessionConfig, us
             if cfg.max_turns is not None and len(turns) // 2 >= cfg.max_turns:
                 return turns, "max_turns"
             q = await next_question(simulator, turns, spec, cfg, usage)
-            before = usage.total()
             turns = await answer(teacher, [*turns, Turn(HUMAN, q.text)], usage)
-            if on_round is not None:
-                on_round(q.prompt_tokens + q.completion_tokens + usage.total() - before)
     except EndOfSession as end:  # an unanswered question is discarded
         if end.drop_last_round:
             turns = turns[:-2]
         return turns, end.reason
 
 
-async def run_session(spec: SessionSpec, simulator, teacher, cfg: SessionConfig, on_round=None) -> Outcome:
-    """Drive one session to its end; ``on_round(tokens)`` is called after every finished round."""
-    usage, retries = Usage(), count_retries()
-    base = {"id": spec.id, "mode": spec.mode, **({"seed_id": spec.seed_id} if spec.seed_id is not None else {})}
-
-    def outcome(kind: str, rounds: int = 0, **fields) -> Outcome:
-        return Outcome(kind, {**base, **fields}, rounds=rounds, tokens=usage.total(),
-                       teacher_tokens=(usage.teacher_prompt_tokens, usage.teacher_completion_tokens))
-
-    try:
-        turns, end_reason = await converse(spec, simulator, teacher, cfg, usage, on_round)
-    except FATAL:
-        raise
-    except (RetriesExhausted, openai.APIError) as err:
-        reason = str(err) if isinstance(err, RetriesExhausted) else describe(err)
-        return outcome("failed", reason=reason, time=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    finally:
-        usage.retries = retries[0]
+async def run_session(spec: SessionSpec, simulator, teacher, cfg: SessionConfig) -> Result:
+    """Drive one session to its end: a finished record (``counts``: its rounds), or a skipped one."""
+    usage = Usage()
+    turns, end_reason = await converse(spec, simulator, teacher, cfg, usage)
+    usage.retries = current_calls().retries
     rounds = len(turns) // 2
     seed_only = spec.question is not None and rounds == 1 and not cfg.rule.keeps_seed_only
     if rounds == 0 or seed_only:
         reason = (f"ended with its seed round alone ({end_reason})" if seed_only
                   else f"ended before a first round could be kept ({end_reason})")
-        return outcome("skipped", reason=reason, end_reason=end_reason)
+        return Result({**spec.stub(), "reason": reason, "end_reason": end_reason}, SKIPPED)
     conversations = Conversation(spec.id, turns).to_sharegpt()["conversations"]
-    return outcome("finished", rounds, conversations=conversations, num_of_rounds=rounds, end_reason=end_reason,
-                   meta={**cfg.meta, "usage": vars(usage).copy(),
-                         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    return Result({**spec.stub(), "conversations": conversations, "num_of_rounds": rounds, "end_reason": end_reason,
+                   "meta": {**cfg.meta, "usage": vars(usage).copy(),
+                            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}},
+                  counts={"rounds": rounds})
+
+
+def session_jobs(specs: Iterable[SessionSpec], simulator, teacher, cfg: SessionConfig) -> Iterator[Job]:
+    """One ``core.engine`` job per session, keyed by its id."""
+    return (Job(spec.id, functools.partial(run_session, spec, simulator, teacher, cfg), spec.stub())
+            for spec in specs)

@@ -27,31 +27,25 @@ and the run ends with exactly ``--num-sessions`` sessions in ``--out``.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import itertools
 import random
-import signal
 import sys
-import time
 from collections import Counter
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Iterable, Iterator
 
-from tqdm import tqdm
-
 from core.conversation import GPT, HUMAN, BadRecord, BadRecordSummary, iter_conversations
-from core.endpoint import Endpoint
+from core.endpoint import Prices
+from core.engine import DONE, FAILED, SKIPPED, Engine, Outcome, Tally, run_interruptible
 from core.errors import UsageError
+from core.options import MAX_RETRIES
 from core.runner import command
-from data.end_rules import END_RULES, EndRule, TokenCounter
-from data.simulators import (DEFAULT_ROLEPLAY_PROMPT, LocalSimulator, RoleplaySimulator, Sampling,
-                            SocraticEndpoint, Teacher)
-from data.session import Outcome, SessionConfig, SessionSpec, run_session
+from data.end_rules import END_RULES, EndRule
+from data.session import SessionConfig, SessionSpec, session_jobs
 from data.sessions_store import SessionStore
+from data.simulators import (DEFAULT_ROLEPLAY_PROMPT, TEACHER_SYSTEM, LocalSimulator, Sampling, SimulatorSpec,
+                             TeacherSpec, build_simulator, build_teacher, is_url)
 
-TEACHER_SYSTEM = "You are an artificial intelligence assistant."  # the original's system message
 SIMULATOR_KINDS = ("socratic", "roleplay")
 # free mode: this many skipped sessions in a row means no session can fit; stop instead of spinning
 MAX_FREE_SKIPS_IN_A_ROW = 50
@@ -86,137 +80,18 @@ def seeded_specs(path: str, seed: int, strict: bool, summary: BadRecordSummary) 
     return specs
 
 
-# -- progress -------------------------------------------------------------------------------------
-class Progress:
-    """tqdm bar over sessions, with rounds kept, tokens used and (when prices are given) the teacher spend."""
-
-    def __init__(self, total: int, initial: int, price_in: float | None, price_out: float | None,
-                 disable: bool = False):
-        self.bar = tqdm(total=total, initial=initial, unit="session", dynamic_ncols=True,
-                        desc="sessions", disable=disable)
-        self.rounds = self.tokens = 0
-        self.spend = 0.0 if price_in is not None or price_out is not None else None
-        self.price_in, self.price_out = price_in or 0.0, price_out or 0.0
-        self.skipped = self.failed = 0
-        self._shown = 0.0
-
-    def on_round(self, tokens: int) -> None:
-        self.tokens += tokens
-        if time.monotonic() - self._shown > 0.5:
-            self._refresh()
-
-    def on_outcome(self, outcome: Outcome) -> None:
-        if self.spend is not None:
-            p, c = outcome.teacher_tokens
-            self.spend += (p * self.price_in + c * self.price_out) / 1e6
-        if outcome.kind == "finished":
-            self.rounds += outcome.rounds
-            self.bar.update(1)
-        elif outcome.kind == "skipped":
-            self.skipped += 1
-        else:
-            self.failed += 1
-        self._refresh()
-
-    def _refresh(self) -> None:
-        self._shown = time.monotonic()
-        post = {"rounds": self.rounds, "tokens": self.tokens}
-        if self.spend is not None:
-            post["spend"] = f"${self.spend:.2f}"
-        if self.skipped:
-            post["skipped"] = self.skipped
-        if self.failed:
-            post["failed"] = self.failed
-        self.bar.set_postfix(post, refresh=True)
-
-    def write(self, msg: str) -> None:
-        self.bar.write(msg, file=sys.stderr)
-
-    def close(self) -> None:
-        self.bar.close()
-
-
-# -- the run --------------------------------------------------------------------------------------
-@dataclass
-class RunResult:
-    finished: int = 0
-    skipped: int = 0
-    failed: int = 0
-    failure_reasons: Counter = field(default_factory=Counter)
-    end_reasons: Counter = field(default_factory=Counter)  # of the finished sessions
-
-
-async def run_sessions(specs: Iterable[SessionSpec], need: int, concurrency: int, simulator, teacher,
-                       cfg: SessionConfig, store: SessionStore, progress: Progress,
-                       free_mode: bool = False) -> RunResult:
-    """Keep ``concurrency`` sessions in flight until ``need`` more have finished (or failed) or the
-    candidates run out; a skipped candidate is replaced by the next one, a failed one is not (the
-    next run retries it)."""
-    result = RunResult()
-    writer = store.start()
-    running: set[asyncio.Task] = set()
-    candidates = iter(specs)
-    skips_in_a_row = 0
-
-    def record(outcome: Outcome) -> None:
-        nonlocal skips_in_a_row
-        progress.on_outcome(outcome)
-        if outcome.kind == "finished":
-            store.add_finished(outcome.record)
-            result.finished += 1
-            result.end_reasons[outcome.record["end_reason"]] += 1
-            skips_in_a_row = 0
-        elif outcome.kind == "skipped":
-            store.add_skipped(outcome.record)
-            result.skipped += 1
-            skips_in_a_row += 1
-        else:
-            store.add_failed(outcome.record)
-            result.failed += 1
-            result.failure_reasons[outcome.record["reason"]] += 1
-            if result.failed <= 3:
-                progress.write(f"session {outcome.record['id']} failed: {outcome.record['reason']}")
-
-    try:
-        while True:
-            while len(running) + result.finished + result.failed < need and len(running) < concurrency:
-                spec = next(candidates, None)
-                if spec is None:
-                    break
-                running.add(asyncio.create_task(run_session(spec, simulator, teacher, cfg, progress.on_round),
-                                                name=spec.id))
-            if not running:
-                break
-            done, _ = await asyncio.wait({*running, writer}, return_when=asyncio.FIRST_COMPLETED)
-            if writer in done:
-                writer.result()  # raises the write error
-                raise RuntimeError("the session writer stopped")
-            running -= done
-            errors = [t.exception() for t in done if t.exception() is not None]
-            for task in done:  # record every outcome before raising any error (fatal API errors)
-                if task.exception() is None:
-                    record(task.result())
-            if errors:
-                raise errors[0]
-            if free_mode and skips_in_a_row >= MAX_FREE_SKIPS_IN_A_ROW:
-                raise UsageError(f"{skips_in_a_row} sessions in a row ended before their first round; check "
-                                 f"--max-context, --max-new-tokens and --teacher-max-tokens")
-    finally:
-        for task in running:
-            task.cancel()
-        for outcome in await asyncio.gather(*running, return_exceptions=True):
-            if isinstance(outcome, Outcome) and outcome.kind == "finished":
-                record(outcome)  # finished just as the run was stopped: keep it
-        await store.close()  # everything finished so far reaches the disk, even on Ctrl-C
-    return result
-
-
 # -- command line ---------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m data.simulate", description=__doc__.split("\n\n")[0],
                                 epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    g = p.add_argument_group("simulator (asks)")
+    add_simulator_args(p.add_argument_group("simulator (asks)"))
+    add_teacher_args(p.add_argument_group("teacher (answers)"))
+    add_session_args(p.add_argument_group("sessions"))
+    return p
+
+
+def add_simulator_args(g) -> None:
     g.add_argument("--simulator", required=True, action="append",
                    help="http(s)://.../v1 endpoint (repeat for replicas), or one local checkpoint path")
     g.add_argument("--simulator-kind", choices=SIMULATOR_KINDS, default="socratic",
@@ -242,7 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="local simulator: HF generate in this process, or a vLLM server started here (GPU)")
     g.add_argument("--batch-window-ms", type=float, default=5.0,
                    help="local simulator: wait this long for other sessions to join a batch")
-    g = p.add_argument_group("teacher (answers)")
+
+
+def add_teacher_args(g) -> None:
     g.add_argument("--teacher-base-url", action="append",
                    help="OpenAI-compatible endpoint; repeat to spread requests (default: the OpenAI API)")
     g.add_argument("--teacher-model", default="gpt-3.5-turbo")
@@ -259,7 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tpm", type=float, help="teacher tokens per minute limit")
     g.add_argument("--price-in", type=float, help="teacher USD per 1M prompt tokens (shows spend)")
     g.add_argument("--price-out", type=float, help="teacher USD per 1M completion tokens (shows spend)")
-    g = p.add_argument_group("sessions")
+
+
+def add_session_args(g) -> None:
     g.add_argument("--mode", choices=["free", "seeded"], default="free")
     g.add_argument("--seeds", help="seeded mode: ShareGPT or OpenAI-messages file (JSON array or JSONL)")
     g.add_argument("--seed", type=int, default=0, help="which seeds are drawn (shuffle) and sampling seeds")
@@ -270,12 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--min-turns", type=int, default=1, help="--end-rule learned: rounds before an end is accepted")
     g.add_argument("--max-turns", type=int, help="most rounds per session (default: until the budget ends it)")
     g.add_argument("--concurrency", type=int, default=16, help="sessions in flight at once")
-    g.add_argument("--max-retries", type=int, default=6, help="retries per request (429, 5xx, timeouts, ...)")
+    g.add_argument("--max-retries", type=int, default=MAX_RETRIES, help="retries per request (429, 5xx, timeouts, ...)")
     g.add_argument("--retry-base-delay", type=float, help=argparse.SUPPRESS)  # the openai client's back-off now
     g.add_argument("--request-timeout", type=float, default=600.0, help="seconds per request")
     g.add_argument("--out", required=True, help="output JSONL (side files OUT.failed.jsonl, OUT.skipped.jsonl)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return p
 
 
 def check_args(p: argparse.ArgumentParser, args) -> None:
@@ -297,55 +175,24 @@ def check_args(p: argparse.ArgumentParser, args) -> None:
         p.error("--simulator-kind roleplay needs an endpoint (a chat model to prompt)")
 
 
-def is_url(s: str) -> bool:
-    return s.startswith(("http://", "https://"))
+# -- the two sides, from this command's flags --------------------------------------------------------
+def simulator_spec(args) -> SimulatorSpec:
+    return SimulatorSpec(
+        tuple(args.simulator), args.simulator_kind, args.simulator_model, args.simulator_api_key_env,
+        args.simulator_system, args.simulator_tokenizer,
+        Sampling(args.simulator_temperature, args.simulator_top_p, args.max_new_tokens), args.template,
+        args.device, args.engine, args.batch_window_ms / 1000, args.roleplay_prompt, args.max_retries,
+        args.request_timeout)
 
 
-# -- the two sides ---------------------------------------------------------------------------------
-async def served_tokenizer(endpoint: Endpoint) -> str | None:
-    """The served checkpoint's directory, when the server names one (vLLM and model.serve: ``root``) and it is here."""
-    model = await endpoint.model_name()
-    for entry in await endpoint.list_models():
-        root = entry.get("root") or entry.get("id")
-        if entry.get("id") == model and root and Path(root, "tokenizer_config.json").is_file():
-            return root
-    return None
-
-
-async def build_simulator(args, rule: EndRule, stack: AsyncExitStack):
-    """The simulator the arguments name, and the model name recorded with every session."""
-    sampling = Sampling(args.simulator_temperature, args.simulator_top_p, args.max_new_tokens)
-    urls, tokenizer = args.simulator, args.simulator_tokenizer
-    if not is_url(urls[0]):
-        if args.engine == "hf":
-            from model.generate import Generator
-
-            gen = await asyncio.to_thread(Generator, urls[0], args.template, args.device,
-                                          max_context=args.max_context)
-            return LocalSimulator(gen, sampling, rule, args.simulator_system, args.batch_window_ms / 1000), urls[0]
-        from model.serve import vllm_server
-
-        tokenizer = tokenizer or urls[0]
-        urls = [await stack.enter_async_context(vllm_server(urls[0], "human", args.template, args.max_context))]
-    endpoint = Endpoint(urls, args.simulator_model, args.simulator_api_key_env, args.max_retries,
-                        args.request_timeout, what="simulator")
-    model = await endpoint.model_name()
-    if not tokenizer and args.simulator_kind == "socratic":
-        tokenizer = await served_tokenizer(endpoint)
-    counter = TokenCounter.load(tokenizer, args.template, args.simulator_system) if tokenizer else None
-    if args.simulator_kind == "roleplay":
-        return RoleplaySimulator.from_file(endpoint, sampling, args.roleplay_prompt, counter), model
-    if counter is None:
-        print("note: the simulator's tokenizer is unknown (pass --simulator-tokenizer): the budget is counted "
-              "from the server's usage figures and the simulator sees the whole conversation", file=sys.stderr)
-    return SocraticEndpoint(endpoint, sampling, rule, counter, args.simulator_system), model
-
-
-def build_teacher(args) -> Teacher:
-    endpoint = Endpoint(args.teacher_base_url, args.teacher_model, args.teacher_api_key_env, args.max_retries,
-                        args.request_timeout, args.rpm, args.tpm, what="teacher")
-    return Teacher(endpoint, args.teacher_system, args.teacher_temperature, args.teacher_max_tokens,
-                   args.keep_truncated_answers)
+def teacher_spec(args) -> TeacherSpec:
+    priced = args.price_in is not None or args.price_out is not None
+    return TeacherSpec(
+        tuple(args.teacher_base_url) if args.teacher_base_url else None, args.teacher_model,
+        args.teacher_api_key_env, args.teacher_system, args.teacher_temperature, args.teacher_max_tokens,
+        args.keep_truncated_answers, args.rpm, args.tpm,
+        Prices(args.price_in or 0.0, args.price_out or 0.0) if priced else None, args.max_retries,
+        args.request_timeout)
 
 
 def run_meta(args, simulator, model: str) -> dict:
@@ -377,6 +224,22 @@ def plan(args, store: SessionStore) -> tuple[Iterable[SessionSpec], int | None]:
     return (s for s in specs if s.id not in store.finished and s.id not in store.skipped), n_seeds
 
 
+class EndReasons:
+    """How the finished sessions ended; in free mode, a long run of skipped ones stops the run (none can fit)."""
+
+    def __init__(self, free_mode: bool):
+        self.counts, self.free_mode, self.skips_in_a_row = Counter(), free_mode, 0
+
+    def __call__(self, outcome: Outcome) -> None:
+        if outcome.kind == DONE:
+            self.counts[outcome.record["end_reason"]] += 1
+        if outcome.kind != FAILED:
+            self.skips_in_a_row = self.skips_in_a_row + 1 if outcome.kind == SKIPPED else 0
+        if self.free_mode and self.skips_in_a_row >= MAX_FREE_SKIPS_IN_A_ROW:
+            raise UsageError(f"{self.skips_in_a_row} sessions in a row ended before their first round; check "
+                             f"--max-context, --max-new-tokens and --teacher-max-tokens")
+
+
 async def main_async(args) -> int:
     if args.retry_base_delay is not None:
         print("note: --retry-base-delay is ignored: retries use the openai client's back-off", file=sys.stderr)
@@ -384,56 +247,50 @@ async def main_async(args) -> int:
     store = SessionStore(args.out)
     todo, n_seeds = plan(args, store)
     have = len(store.finished)
-    need = max(0, args.num_sessions - have)
     if store.previously_failed:
         print(f"retrying {len(store.previously_failed)} sessions that failed in the previous run", file=sys.stderr)
-    if need == 0:
+    if have >= args.num_sessions:
         print(f"{args.out} already holds {have} sessions (asked for {args.num_sessions}); nothing to do",
               file=sys.stderr)
         return 0
+    ends = EndReasons(args.mode == "free")
     async with AsyncExitStack() as stack:
-        teacher = build_teacher(args)
+        teacher = build_teacher(teacher_spec(args))
         stack.push_async_callback(teacher.close)
-        simulator, model = await build_simulator(args, rule, stack)
+        simulator, model = await build_simulator(simulator_spec(args), rule, stack)
         stack.push_async_callback(simulator.close)
         cfg = SessionConfig(rule, args.max_turns, args.seed, run_meta(args, simulator, model))
-        progress = Progress(args.num_sessions, have, args.price_in, args.price_out, args.no_progress)
-        stack.callback(progress.close)
-        started = time.monotonic()
-        result = await run_sessions(todo, need, args.concurrency, simulator, teacher, cfg, store, progress,
-                                    free_mode=args.mode == "free")
-        report(args, result, have, progress, simulator, teacher, store, time.monotonic() - started)
-    if result.failed:
-        return 1
-    if have + result.finished < args.num_sessions:
-        print(f"only {n_seeds} usable seeds: {have + result.finished} sessions instead of {args.num_sessions}",
+        engine = Engine(args.concurrency, desc="sessions", unit="session", total=args.num_sessions, initial=have,
+                        show_cost=teacher.endpoint.prices is not None, progress=not args.no_progress)
+        tally = await engine.run(session_jobs(todo, simulator, teacher, cfg), need=args.num_sessions - have,
+                                 sink=store, on_outcome=ends)
+        report(args, tally, ends.counts, have, simulator, teacher, store)
+    tally.raise_if_failed("sessions", store.failed_path)
+    if have + tally.done < args.num_sessions:
+        print(f"only {n_seeds} usable seeds: {have + tally.done} sessions instead of {args.num_sessions}",
               file=sys.stderr)
         return 1
     return 0
 
 
-def report(args, result: RunResult, have: int, progress: Progress, simulator, teacher, store: SessionStore,
-           seconds: float) -> None:
-    total = have + result.finished
+def report(args, tally: Tally, end_reasons: Counter, have: int, simulator, teacher, store: SessionStore) -> None:
     say = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
-    say(f"finished {result.finished} sessions in {seconds:.1f}s; {args.out} holds {total}/{args.num_sessions}; "
-        f"{progress.rounds} rounds, {progress.tokens} tokens"
-        + (f", teacher spend ${progress.spend:.2f}" if progress.spend is not None else ""))
-    say("sessions ended by: " + ", ".join(f"{k} {v}" for k, v in result.end_reasons.most_common()))
+    spend = f", teacher spend ${tally.calls.cost:.2f}" if teacher.endpoint.prices is not None else ""
+    say(f"finished {tally.done} sessions in {tally.seconds:.1f}s; {args.out} holds {have + tally.done}/"
+        f"{args.num_sessions}; {tally.counts['rounds']} rounds, {tally.calls.tokens} tokens{spend}")
+    say("sessions ended by: " + ", ".join(f"{k} {v}" for k, v in end_reasons.most_common()))
     if isinstance(simulator, LocalSimulator):
-        say(f"simulator: {simulator.requests} questions generated in {simulator.batches} batched calls")
+        say(f"simulator: {simulator.batcher.requests} questions generated in {simulator.batcher.batches} "
+            f"batched calls")
     for side, endpoint in (("simulator", getattr(simulator, "endpoint", None)), ("teacher", teacher.endpoint)):
         if endpoint is not None and len(endpoint.base_urls) > 1:
             say(f"{side} requests per endpoint: "
                 + ", ".join(f"{url} {n}" for url, n in zip(endpoint.base_urls, endpoint.calls)))
-    if result.skipped:
-        say(f"skipped {result.skipped} {'seeds' if args.mode == 'seeded' else 'sessions'} that ended before a "
+    if tally.skipped:
+        say(f"skipped {tally.skipped} {'seeds' if args.mode == 'seeded' else 'sessions'} that ended before a "
             f"round worth keeping, e.g. a first round that fills --max-context (listed in {store.skipped_path})")
-    if result.failed:
-        say(f"{result.failed} sessions failed (reasons in {store.failed_path}); re-run the same command to "
-            f"retry them")
-        for reason, n in result.failure_reasons.most_common(3):
-            say(f"  {n:>5}  {reason}")
+    for reason, n in tally.failure_reasons.most_common(3):
+        say(f"  {n:>5} failed: {reason}")
 
 
 @command
@@ -441,20 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     args = p.parse_args(argv)
     check_args(p, args)
-
-    async def runner():
-        try:
-            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, asyncio.current_task().cancel)
-        except (NotImplementedError, RuntimeError):  # not the main thread
-            pass
-        return await main_async(args)
-
-    try:
-        return asyncio.run(runner())
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        print(f"interrupted: the finished sessions are saved in {args.out}; re-run the same command to "
-              f"continue", file=sys.stderr)
-        return 130
+    return run_interruptible(lambda: main_async(args), f"the finished sessions are saved in {args.out}")
 
 
 if __name__ == "__main__":

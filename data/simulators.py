@@ -9,28 +9,36 @@ session cannot go on. Simulators (``--simulator-kind``):
   a Socratic checkpoint (its chat template opens a human turn). Messages are the conversation as it
   is (``user`` = the human's turns, ``assistant`` = the answers); the reply is the next human turn.
 * ``socratic`` loaded here (:class:`LocalSimulator`): the next questions of all sessions waiting
-  within a few milliseconds of each other are generated in one batched call, in a worker thread.
+  within a few milliseconds of each other are generated in one batched call (``core.batcher``).
 * ``roleplay`` (:class:`RoleplaySimulator`): static role-play, the paper's baseline: a general chat
   model is told by a role-play prompt (its system message, holding the transcript so far) to write
   the human's next message.
+
+Commands build both sides from typed specs (:class:`SimulatorSpec`, :class:`TeacherSpec`) with
+:func:`build_simulator` and :func:`build_teacher`, never from another command's parsed arguments.
 """
 from __future__ import annotations
 
 import asyncio
 import re
-from dataclasses import dataclass
+import sys
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import openai
 
+from core.batcher import MicroBatcher
 from core.conversation import GPT, HUMAN, Conversation, Turn
-from model.dyadic import SOCRATIC_SYSTEM
-from core.endpoint import Endpoint, Reply, is_context_exceeded
+from core.endpoint import DEFAULT_KEY_ENV, Endpoint, Prices, Reply, is_context_exceeded, note_usage
 from core.errors import UsageError
+from core.options import MAX_RETRIES
 from data.end_rules import EndOfSession, EndRule, Question, TokenCounter
+from model.dyadic import SOCRATIC_SYSTEM
 
 DEFAULT_ROLEPLAY_PROMPT = Path(__file__).resolve().parent / "prompts" / "roleplay.txt"
+TEACHER_SYSTEM = "You are an artificial intelligence assistant."  # the original's system message
 CONVERSATION = "{conversation}"
 _SPEAKER_LABEL = re.compile(r"^\s*(?:human|user)\s*:\s*", re.IGNORECASE)
 
@@ -149,68 +157,131 @@ class Teacher:
 
 
 class LocalSimulator:
-    """A Socratic loaded in this process (``model.generate``), batched across waiting sessions."""
+    """A Socratic loaded in this process (``model.generate``), batched across waiting sessions (``core.batcher``)."""
 
     def __init__(self, generator, sampling: Sampling, rule: EndRule, system: str | None = None,
                  window_s: float = 0.005):
-        self.generator, self.sampling, self.rule, self.window_s = generator, sampling, rule, window_s
+        self.generator, self.sampling, self.rule = generator, sampling, rule
         self.counter = TokenCounter(generator.tokenizer, generator.template, system)
-        self.batches = self.requests = 0  # reported at the end: how well the batching worked
-        self._pending: list[tuple[list[Turn], int, asyncio.Future]] = []
-        self._wakeup = asyncio.Event()
-        self._loop_task: asyncio.Task | None = None
+        self.batcher = MicroBatcher(self._generate, wait_s=window_s)  # its counts are reported at the end
 
     async def ask(self, turns: Sequence[Turn], seed: int) -> Question:
-        fut = asyncio.get_running_loop().create_future()
-        self._pending.append((list(turns), seed, fut))
-        self._wakeup.set()
-        if self._loop_task is None:
-            self._loop_task = asyncio.create_task(self._batch_loop(), name="simulator-batches")
-        return await fut
+        q = await self.batcher.submit((list(turns), seed))
+        note_usage(q.input_tokens or 0, q.completion_tokens)
+        return q
 
-    async def _batch_loop(self) -> None:
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            await asyncio.sleep(self.window_s)  # let the other sessions' requests join this batch
-            batch, self._pending = self._pending, []
-            if not batch:
-                continue
-            self.batches += 1
-            self.requests += len(batch)
-            try:  # one seed per batch: the first waiting session's
-                results = await asyncio.to_thread(self._generate, [t for t, _, _ in batch], batch[0][1])
-            except Exception as err:  # noqa: BLE001 - handed to every waiting session
-                results = [err] * len(batch)
-            for (_, _, fut), res in zip(batch, results):
-                if not fut.done():
-                    fut.set_exception(res) if isinstance(res, BaseException) else fut.set_result(res)
-
-    def _generate(self, conversations: list[list[Turn]], seed: int) -> list[Question | Exception]:
-        s, rule, limit = self.sampling, self.rule, self.generator.max_context
-        results: list[Question | Exception | None] = [None] * len(conversations)
+    def _generate(self, batch: list[tuple[list[Turn], int]]) -> list[Question | EndOfSession]:
+        """The next question of every waiting session, in one generate call with one seed: the first one's."""
+        s, rule = self.sampling, self.rule
+        results: list[Question | EndOfSession | None] = [None] * len(batch)
         prompts, wholes, where = [], [], []
-        for i, turns in enumerate(conversations):
+        for i, (turns, _) in enumerate(batch):
             whole = self.counter.prompt_ids(turns)
-            given = whole[-rule.window:] if rule.window else whole
-            if len(given) >= limit or (rule.name == "fit" and len(whole) >= rule.max_context):
-                results[i] = rule.context_full()
+            given = rule.visible(whole)
+            try:
+                rule.check_prompt(len(whole))
+                if len(given) >= self.generator.max_context:  # the model's own context is full
+                    raise rule.context_full()
+            except EndOfSession as end:
+                results[i] = end
                 continue
             prompts.append(given)
             wholes.append(len(whole))
             where.append(i)
-        if prompts:
-            outs = self.generator.generate_ids(prompts, temperature=s.temperature, top_p=s.top_p,
-                                               max_new_tokens=s.max_new_tokens, seed=seed)
-            for i, whole, out in zip(where, wholes, outs):
-                results[i] = Question(out.text.strip(), whole, out.completion_tokens, out.finish_reason,
-                                      out.prompt_tokens)
+        outs = self.generator.generate_ids(prompts, temperature=s.temperature, top_p=s.top_p,
+                                           max_new_tokens=s.max_new_tokens, seed=batch[0][1])
+        for i, whole, out in zip(where, wholes, outs):
+            results[i] = Question(out.text.strip(), whole, out.completion_tokens, out.finish_reason, out.prompt_tokens)
         return results
 
     async def close(self) -> None:
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            try:
-                await self._loop_task
-            except asyncio.CancelledError:
-                pass
+        await self.batcher.close()
+
+
+# -- building them from typed specs --------------------------------------------------------------
+def is_url(s: str) -> bool:
+    return s.startswith(("http://", "https://"))
+
+
+@dataclass(frozen=True)
+class SimulatorSpec:
+    """Which simulator asks, and how: what ``data.simulate``, ``eval.simulator`` (and any command that
+    drives sessions) build from their own flags. The session budget is the ``EndRule``'s, not the spec's."""
+    source: tuple[str, ...]  # endpoint URLs (replicas of one model), or one local checkpoint path
+    kind: str = "socratic"  # socratic | roleplay
+    model: str | None = None  # the served model's name (default: the first the endpoint lists)
+    key_env: str | None = None  # the environment variable holding the endpoint's key
+    system: str | None = None  # a socratic simulator's system prompt (default: Socratic's)
+    tokenizer: str | None = None  # count the budget in this tokenizer (default: the simulator's own, if known)
+    sampling: Sampling = field(default_factory=Sampling)
+    template: str = "dyadic"
+    device: str = "auto"  # a local simulator's
+    engine: str = "hf"  # a local simulator: HF generate here, or a vLLM server started for the run
+    batch_window_s: float = 0.005  # a local simulator: how long a batch waits for more sessions
+    roleplay_prompt: str = str(DEFAULT_ROLEPLAY_PROMPT)
+    max_retries: int = MAX_RETRIES
+    timeout: float = 600.0
+
+    @property
+    def local(self) -> bool:
+        return not is_url(self.source[0])
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    """The model that answers: the teacher (or, in a conversation-based evaluation, the assistant under test)."""
+    base_urls: tuple[str, ...] | None = None  # default: the OpenAI API
+    model: str = "gpt-3.5-turbo"
+    key_env: str = DEFAULT_KEY_ENV
+    system: str | None = TEACHER_SYSTEM
+    temperature: float | None = None  # None: not sent (the API's default, as the original)
+    max_tokens: int | None = None
+    keep_truncated: bool = False  # keep an answer cut at max_tokens (counted) instead of ending the session
+    rpm: float | None = None
+    tpm: float | None = None
+    prices: Prices | None = None  # for the spend (core.endpoint.CallStats.cost)
+    max_retries: int = MAX_RETRIES
+    timeout: float = 600.0
+
+
+async def served_tokenizer(endpoint: Endpoint) -> str | None:
+    """The served checkpoint's directory, when the server names one (vLLM and model.serve: ``root``) and it is here."""
+    model = await endpoint.model_name()
+    for entry in await endpoint.list_models():
+        root = entry.get("root") or entry.get("id")
+        if entry.get("id") == model and root and Path(root, "tokenizer_config.json").is_file():
+            return root
+    return None
+
+
+async def build_simulator(spec: SimulatorSpec, rule: EndRule, stack: AsyncExitStack):
+    """The simulator ``spec`` names, and the model name recorded with every session; servers it starts
+    stop with ``stack``."""
+    urls, tokenizer = list(spec.source), spec.tokenizer
+    if spec.local:
+        if spec.engine == "hf":
+            from model.generate import Generator
+
+            gen = await asyncio.to_thread(Generator, urls[0], spec.template, spec.device)
+            return LocalSimulator(gen, spec.sampling, rule, spec.system, spec.batch_window_s), urls[0]
+        from model.serve import vllm_server
+
+        tokenizer = tokenizer or urls[0]
+        urls = [await stack.enter_async_context(vllm_server(urls[0], HUMAN, spec.template, rule.max_context))]
+    endpoint = Endpoint(urls, spec.model, spec.key_env, spec.max_retries, spec.timeout, what="simulator")
+    model = await endpoint.model_name()
+    if not tokenizer and spec.kind == "socratic":
+        tokenizer = await served_tokenizer(endpoint)
+    counter = TokenCounter.load(tokenizer, spec.template, spec.system) if tokenizer else None
+    if spec.kind == "roleplay":
+        return RoleplaySimulator.from_file(endpoint, spec.sampling, spec.roleplay_prompt, counter), model
+    if counter is None:
+        print("note: the simulator's tokenizer is unknown (pass --simulator-tokenizer): the budget is counted "
+              "from the server's usage figures and the simulator sees the whole conversation", file=sys.stderr)
+    return SocraticEndpoint(endpoint, spec.sampling, rule, counter, spec.system), model
+
+
+def build_teacher(spec: TeacherSpec) -> Teacher:
+    endpoint = Endpoint(spec.base_urls, spec.model, spec.key_env, spec.max_retries, spec.timeout, spec.rpm, spec.tpm,
+                        what="teacher", prices=spec.prices)
+    return Teacher(endpoint, spec.system, spec.temperature, spec.max_tokens, spec.keep_truncated)

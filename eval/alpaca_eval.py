@@ -38,6 +38,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import os
@@ -80,7 +81,7 @@ def load_instructions(path: str | None) -> list[dict]:
     return out
 
 
-def generate_local(args, todo: list[dict], keep, save) -> int:
+def generate_local(args, todo: list[dict], keep, save) -> None:
     from tqdm import tqdm
 
     from core.conversation import GPT, HUMAN, Turn
@@ -95,29 +96,26 @@ def generate_local(args, todo: list[dict], keep, save) -> int:
         for it, c in zip(chunk, outs):
             keep((it, c.text))
         save()  # the whole file, atomically, after every batch
-    return 0
 
 
-def generate_remote(args, todo: list[dict], keep, save) -> int:
-    from core.endpoint import Endpoint, run_calls
+def generate_remote(args, todo: list[dict], keep, save) -> None:
+    from core.endpoint import Endpoint
+    from core.engine import Job, run_jobs
 
     ep = Endpoint(args.base_url, args.model or args.generator, args.api_key_env, args.max_retries, what="answers")
 
-    def call(item):
-        async def run():
-            messages = ([{"role": "system", "content": args.system}] if args.system else []) + \
-                       [{"role": "user", "content": item["instruction"]}]
-            reply = await ep.chat(messages, temperature=args.temperature, top_p=args.top_p,
-                                  max_tokens=args.max_new_tokens)
-            return item, reply.text
-        return run
+    async def answer(item: dict) -> tuple[dict, str]:
+        messages = ([{"role": "system", "content": args.system}] if args.system else []) + \
+                   [{"role": "user", "content": item["instruction"]}]
+        reply = await ep.chat(messages, temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_new_tokens)
+        return item, reply.text
 
-    failures = run_calls([call(it) for it in todo], keep, args.concurrency, desc="outputs")
-    save()
-    if failures:
-        print(f"error: {len(failures)} instructions failed (see above); run again to resume", file=sys.stderr)
-        return 1
-    return 0
+    try:
+        tally = run_jobs([Job(it["instruction"], functools.partial(answer, it)) for it in todo], args.concurrency,
+                         on_done=keep, desc="outputs", unit="instruction")
+    finally:
+        save()
+    tally.raise_if_failed("instructions")
 
 
 def cmd_generate(args) -> int:
@@ -140,9 +138,12 @@ def cmd_generate(args) -> int:
         if len(done) % args.batch_size == 0:
             save()
 
-    code = (generate_remote if args.base_url else generate_local)(args, todo, keep, save) if todo else 0
-    print(f"{len(done)} outputs in {out}", file=sys.stderr)
-    return code
+    try:
+        if todo:
+            (generate_remote if args.base_url else generate_local)(args, todo, keep, save)
+    finally:
+        print(f"{len(done)} outputs in {out}", file=sys.stderr)
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import re
@@ -178,24 +179,25 @@ class JudgeDetector(Detector):
         self.unjudged = 0
 
     def human_probability(self, texts: Sequence[str]) -> np.ndarray:
-        from core.endpoint import Endpoint, run_calls
+        """1 (human), 0 (assistant) or NaN (no usable verdict, or the call failed: counted in ``unjudged``)."""
+        from core.endpoint import Endpoint
+        from core.engine import Job, run_jobs
 
         probs = np.full(len(texts), np.nan)
         ep = Endpoint(**self.endpoint_args)
 
-        def call(i: int, text: str):
-            async def run():
-                reply = await ep.chat([{"role": "user", "content": JUDGE_PROMPT.format(text=text)}],
-                                      temperature=0.0, max_tokens=5)
-                return i, reply.text
-            return run
+        async def verdict(i: int) -> tuple[int, str]:
+            reply = await ep.chat([{"role": "user", "content": JUDGE_PROMPT.format(text=texts[i])}],
+                                  temperature=0.0, max_tokens=5)
+            return i, reply.text
 
         def keep(result) -> None:
             i, answer = result
             word = (re.findall(r"[a-z]+", answer.lower()) or [""])[0]
             probs[i] = 1.0 if word in ("human", "user") else 0.0 if word in ("assistant", "ai") else np.nan
 
-        run_calls([call(i, t) for i, t in enumerate(texts)], keep, self.concurrency, desc="judge")
+        jobs = [Job(i, functools.partial(verdict, i)) for i in range(len(texts))]
+        run_jobs(jobs, self.concurrency, on_done=keep, desc="judge", unit="turn")
         self.unjudged += int(np.isnan(probs).sum())
         return probs
 

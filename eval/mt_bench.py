@@ -32,6 +32,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import re
@@ -46,7 +47,8 @@ from eval.fetch_mt_bench import BENCHES, DATA_DIR, DEFAULT_DEST as DEFAULT_BENCH
 from core.appendlog import AppendLog
 from core.conversation import BadRecord, read_json_records
 
-from core.endpoint import Endpoint, run_calls
+from core.endpoint import Endpoint
+from core.engine import Job, JobLog, Tally, run_jobs
 from core.options import add_answerer_args, add_endpoint_args, check_answerer
 from core.errors import UsageError
 from core.runner import command
@@ -191,27 +193,23 @@ def answer_local(args, questions: list[dict], log: AppendLog) -> None:
                 bar.update(len(chunk))
 
 
-def answer_remote(args, questions: list[dict], log: AppendLog) -> int:
+def answer_remote(args, questions: list[dict], log: JobLog) -> Tally:
     """Each question's turns in order (turn 2 sees the model's own first answer); questions in parallel."""
     ep = Endpoint(args.base_url, args.model or args.model_id, args.api_key_env, args.max_retries, what="answers")
 
-    def call(q):
-        async def run():
-            messages = [{"role": "system", "content": args.system}] if args.system else []
-            turns = []
-            for text in q["turns"]:
-                messages.append({"role": "user", "content": text})
-                reply = await ep.chat(messages, temperature=temperature_for(q, args.temperature),
-                                      max_tokens=args.max_new_tokens)
-                turns.append(reply.text.strip())
-                messages.append({"role": "assistant", "content": reply.text})
-            return answer_record(q["question_id"], args.model_id, turns)
-        return run
+    async def answer(q: dict) -> dict:
+        messages = [{"role": "system", "content": args.system}] if args.system else []
+        turns = []
+        for text in q["turns"]:
+            messages.append({"role": "user", "content": text})
+            reply = await ep.chat(messages, temperature=temperature_for(q, args.temperature),
+                                  max_tokens=args.max_new_tokens)
+            turns.append(reply.text.strip())
+            messages.append({"role": "assistant", "content": reply.text})
+        return answer_record(q["question_id"], args.model_id, turns)
 
-    failures = run_calls([call(q) for q in questions], log.append, args.concurrency, desc="answers")
-    if failures:
-        print(f"error: {len(failures)} questions failed (see above); run again to resume", file=sys.stderr)
-    return len(failures)
+    jobs = [Job(q["question_id"], functools.partial(answer, q)) for q in questions]
+    return run_jobs(jobs, args.concurrency, sink=log, desc="answers", unit="question")
 
 
 def cmd_answer(args) -> int:
@@ -219,18 +217,21 @@ def cmd_answer(args) -> int:
     questions = load_questions(question_file(args), args.question_begin, args.question_end, args.question_ids,
                                args.bench)
     out = Path(args.out or bench_dir(args) / "model_answer" / f"{args.model_id}.jsonl")
-    log = AppendLog(out)
-    done = {a["question_id"] for a in log.iter()}
-    todo = [q for q in questions if q["question_id"] not in done]
+    log = JobLog(out, "question_id")
+    todo = [q for q in questions if q["question_id"] not in log.done]
     print(f"{len(questions) - len(todo)} of {len(questions)} questions already answered in {out}",
           file=sys.stderr)
-    if todo:
-        (answer_remote if args.base_url else answer_local)(args, todo, log)
+    tally = Tally()
+    if todo and args.base_url:
+        tally = answer_remote(args, todo, log)
+    elif todo:
+        answer_local(args, todo, log.file)
     # FastChat's reorg_answer_file: one answer per question, sorted by id
-    answers = {a["question_id"]: a for a in log.iter()}
-    log.rewrite(answers[k] for k in sorted(answers))
+    answers = log.index(log.file.iter())
+    log.file.rewrite(answers[k] for k in sorted(answers))
     missing = [q["question_id"] for q in questions if q["question_id"] not in answers]
     print(f"{len(questions) - len(missing)} answers in {out}", file=sys.stderr)
+    tally.raise_if_failed("questions")
     return 1 if missing else 0
 
 
@@ -334,29 +335,28 @@ def check_inputs(questions, models, answer_dir: Path, ref_file: Path) -> tuple[d
     return answers, refs
 
 
-def judge_call(ep: Endpoint, match: Match, answers: dict):
-    async def run():
-        ans = [answers[m][match.question["question_id"]] for m in match.models]
-        prompt, qid = match.prompt, match.question["question_id"]
+async def judge_match(ep: Endpoint, match: Match, answers: dict) -> dict:
+    """One judgment: a single grading, or a pairwise verdict asked in both orders (as FastChat)."""
+    ans = [answers[m][match.question["question_id"]] for m in match.models]
+    prompt, qid = match.prompt, match.question["question_id"]
 
-        async def ask(pair_answers):
-            user = _fill(prompt, match.question, pair_answers, match.ref, match.turn)
-            messages = [{"role": "system", "content": prompt["system_prompt"]}, {"role": "user", "content": user}]
-            return user, (await ep.chat(messages, temperature=0.0, max_tokens=JUDGE_MAX_TOKENS)).text
+    async def ask(pair_answers):
+        user = _fill(prompt, match.question, pair_answers, match.ref, match.turn)
+        messages = [{"role": "system", "content": prompt["system_prompt"]}, {"role": "user", "content": user}]
+        return user, (await ep.chat(messages, temperature=0.0, max_tokens=JUDGE_MAX_TOKENS)).text
 
-        common = {"question_id": qid, "category": match.question.get("category"),
-                  "judge": [ep.model, prompt["name"]], "turn": match.turn}
-        if len(ans) == 1:
-            user, judgment = await ask(ans)
-            return {"question_id": qid, "model": match.models[0], **common, "user_prompt": user,
-                    "judgment": judgment, "score": parse_rating(judgment), "tstamp": time.time()}
-        (u1, j1), (u2, j2) = await ask(ans), await ask(ans[::-1])  # both orders, as FastChat
-        g1 = {"A": "model_1", "B": "model_2"}.get(parse_winner(j1), parse_winner(j1))
-        g2 = {"A": "model_2", "B": "model_1"}.get(parse_winner(j2), parse_winner(j2))
-        return {"question_id": qid, "model_1": match.models[0], "model_2": match.models[1], **common,
-                "g1_winner": g1, "g2_winner": g2, "g1_user_prompt": u1, "g1_judgment": j1,
-                "g2_user_prompt": u2, "g2_judgment": j2, "tstamp": time.time()}
-    return run
+    common = {"question_id": qid, "category": match.question.get("category"),
+              "judge": [ep.model, prompt["name"]], "turn": match.turn}
+    if len(ans) == 1:
+        user, judgment = await ask(ans)
+        return {"question_id": qid, "model": match.models[0], **common, "user_prompt": user,
+                "judgment": judgment, "score": parse_rating(judgment), "tstamp": time.time()}
+    (u1, j1), (u2, j2) = await ask(ans), await ask(ans[::-1])
+    g1 = {"A": "model_1", "B": "model_2"}.get(parse_winner(j1), parse_winner(j1))
+    g2 = {"A": "model_2", "B": "model_1"}.get(parse_winner(j2), parse_winner(j2))
+    return {"question_id": qid, "model_1": match.models[0], "model_2": match.models[1], **common,
+            "g1_winner": g1, "g2_winner": g2, "g1_user_prompt": u1, "g1_judgment": j1,
+            "g2_user_prompt": u2, "g2_judgment": j2, "tstamp": time.time()}
 
 
 def judgment_key(rec: dict) -> tuple:
@@ -385,32 +385,23 @@ def cmd_judge(args) -> int:
     kind = "single" if args.mode == "single" else "pair"
     judge_name = args.judge_model.replace("/", "_")  # hub-style names must not make directories
     out = Path(args.out or bench / "model_judgment" / f"{judge_name}_{kind}.jsonl")
-    log = AppendLog(out)
-    done = {judgment_key(r) for r in log.iter()}
+    log = JobLog(out, judgment_key)
     matches = make_matches(args.mode, questions, models, args.baseline_model, prompts, refs)
-    todo = [m for m in matches if m.key not in done]
+    todo = [m for m in matches if m.key not in log.done]
     calls = len(todo) * (1 if kind == "single" else 2)
     print(f"{len(matches)} judgments, {len(matches) - len(todo)} already in {out}; "
           f"{calls} judge calls to {args.judge_model}", file=sys.stderr)
     if args.dry_run or not todo:
         return 0
     ep = Endpoint(args.judge_base_url, args.judge_model, args.api_key_env, args.max_retries, what="judge")
-    unparsed = 0
-
-    def save(rec):
-        nonlocal unparsed
-        log.append(rec)
-        unparsed += is_unparsed(rec)
-
-    failures = run_calls([judge_call(ep, m, answers) for m in todo], save, args.concurrency, desc="judgments")
-    log.close()
-    if unparsed:
-        print(f"warning: {unparsed} judge replies held no parsable {'rating' if kind == 'single' else 'verdict'}: "
+    jobs = [Job(m.key, functools.partial(judge_match, ep, m, answers)) for m in todo]
+    unparsed = []
+    tally = run_jobs(jobs, args.concurrency, sink=log, on_done=lambda rec: unparsed.append(is_unparsed(rec)),
+                     desc="judgments", unit="judgment")
+    if any(unparsed):
+        print(f"warning: {sum(unparsed)} judge replies held no parsable {'rating' if kind == 'single' else 'verdict'}: "
               f"kept in {out} as errors, counted, never scored", file=sys.stderr)
-    if failures:
-        print(f"error: {len(failures)} judgments failed (see above); run the same command again to resume",
-              file=sys.stderr)
-        return 1
+    tally.raise_if_failed("judgments")
     print(f"wrote {len(todo)} judgments to {out}", file=sys.stderr)
     return 0
 

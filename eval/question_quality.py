@@ -39,6 +39,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -52,9 +53,9 @@ import numpy as np
 
 from eval.detector import load_detector
 from core.options import add_endpoint_args
-from core.appendlog import AppendLog
 from core.conversation import GPT, HUMAN, BadRecordSummary, Conversation, atomic_write
-from core.endpoint import Endpoint, run_calls
+from core.endpoint import Endpoint
+from core.engine import Job, JobLog, run_jobs
 from core.errors import UsageError
 from core.runner import command
 
@@ -156,20 +157,16 @@ def embed_openai(questions: Sequence[str], model: str, base_url: str | None, key
     todo = [i for i, f in enumerate(files) if not f.exists()]
     print(f"embeddings: {len(batches) - len(todo)} of {len(batches)} batches cached in {cache_dir}", file=sys.stderr)
 
-    def call(i):
-        async def run():
-            return i, np.array(await ep.embed(batches[i]), dtype=np.float32)
-        return run
+    async def embed(i: int) -> tuple[int, np.ndarray]:
+        return i, np.array(await ep.embed(batches[i]), dtype=np.float32)
 
     def save(result):
         i, vectors = result
         atomic_write(files[i], lambda f: np.save(f.buffer, vectors))
 
-    failures = run_calls([call(i) for i in todo], save, parallel, desc="embeddings")
-    if failures:
-        print(f"error: {len(failures)} embedding requests failed; finished batches are kept in {cache_dir}: run "
-              f"again to resume", file=sys.stderr)
-        raise failures[0]
+    tally = run_jobs([Job(i, functools.partial(embed, i)) for i in todo], parallel, on_done=save,
+                     desc="embeddings", unit="batch")
+    tally.raise_if_failed("embedding batches")
     return np.concatenate([np.load(f) for f in files])
 
 
@@ -223,32 +220,22 @@ def judge_sessions(convs: list[Conversation], args, path: Path) -> dict:
     template = Path(args.prompt_file).read_text(encoding="utf-8") if args.prompt_file else DEFAULT_PROMPT
     model = args.judge_model
     sample = convs if not args.sample or len(convs) <= args.sample else random.Random(args.seed).sample(convs, args.sample)
-    log = AppendLog(path)
-    done = {r["id"]: r for r in log.iter() if r.get("judge") == model}
-    todo = [c for c in sample if c.id not in done]
+    log = JobLog(path, lambda r: (r["id"], r.get("judge")))
+    todo = [c for c in sample if (c.id, model) not in log.done]
     print(f"judge: {len(sample)} sessions, {len(sample) - len(todo)} already in {path}", file=sys.stderr)
     if todo:
         ep = Endpoint(args.judge_base_url, model, args.api_key_env, args.max_retries, what="judge")
 
-        def call(conv):
-            async def run():
-                reply = await ep.chat([{"role": "user", "content": judge_prompt(template, conv)}],
-                                      temperature=0.0, max_tokens=1024)
-                scores = parse_criteria(reply.text)
-                rec = {"id": conv.id, "judge": model, "judgment": reply.text, "scores": scores}
-                return rec if scores else {**rec, "error": "no parsable score"}
-            return run
+        async def judge(conv: Conversation) -> dict:
+            reply = await ep.chat([{"role": "user", "content": judge_prompt(template, conv)}],
+                                  temperature=0.0, max_tokens=1024)
+            scores = parse_criteria(reply.text)
+            rec = {"id": conv.id, "judge": model, "judgment": reply.text, "scores": scores}
+            return rec if scores else {**rec, "error": "no parsable score"}
 
-        def save(rec):
-            log.append(rec)
-            done[rec["id"]] = rec
-
-        failures = run_calls([call(c) for c in todo], save, args.concurrency, desc="judge")
-        log.close()
-        if failures:
-            print(f"error: {len(failures)} judge requests failed; the others are kept in {path}: run again to "
-                  f"resume", file=sys.stderr)
-            raise failures[0]
+        jobs = [Job((c.id, model), functools.partial(judge, c)) for c in todo]
+        run_jobs(jobs, args.concurrency, sink=log, desc="judge", unit="session").raise_if_failed("judge requests")
+    done = {key[0]: rec for key, rec in log.done.items() if key[1] == model}
     return judge_summary([done[c.id] for c in sample], model, path, args.prompt_file)
 
 

@@ -43,7 +43,8 @@ extra detail.
 
 Simulator sources (generation metrics): ``--model PATH --template dyadic|chat`` loads a model here
 (``model.generate.Generator``, role human, batched ``--concurrency`` at a time); ``--base-url URL --model
-NAME`` calls an endpoint through ``core.endpoint.Endpoint``. A ``socratic`` endpoint is sent the
+NAME`` calls an endpoint through ``core.endpoint.Endpoint``, built by ``data.simulators.build_simulator``
+from a ``SimulatorSpec`` and driven by ``core.engine``. A ``socratic`` endpoint is sent the
 conversation as it is (``user`` = the human's turns, ``assistant`` = the assistant's) and replies with the
 next human turn; a ``roleplay`` one is the lead's ``data.simulators.RoleplaySimulator`` (a chat model
 prompted to act as the user). Sampling defaults are the paper's (temperature 0.7, no top-p).
@@ -63,6 +64,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import itertools
 import json
 import math
@@ -73,12 +75,11 @@ import time
 from collections import Counter
 from contextlib import AsyncExitStack
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from data.simulators import DEFAULT_ROLEPLAY_PROMPT
+from data.simulators import DEFAULT_ROLEPLAY_PROMPT, Sampling, SimulatorSpec
 from core.conversation import GPT, HUMAN, BadRecord, BadRecordSummary, Conversation, Turn, atomic_write
 from model.dyadic import END_OF_CONVERSATION, IGNORE_INDEX, TEMPLATES, Encoder, really_ended
 from core.errors import UsageError
@@ -289,61 +290,57 @@ def _keyed(rows: Iterable[dict]) -> Iterator[dict]:
 
 
 # -- generation: the simulator under test writes human turns -------------------------------------------
-def simulator_args(args, max_new_tokens: int | None = None) -> SimpleNamespace:
-    """This command's options in the shape ``data.simulate.build_simulator`` reads."""
+def simulator_spec(args, max_new_tokens: int | None = None) -> SimulatorSpec:
+    """The simulator under test, from this command's flags."""
     local = not args.base_url
     if local and not args.model:
         raise UsageError("name the simulator: --model PATH (a local model) or --base-url URL [--model NAME]")
     if local and args.simulator_kind == "roleplay":
         raise UsageError("--simulator-kind roleplay needs an endpoint (--base-url): a chat model to prompt")
-    return SimpleNamespace(
-        simulator=[args.model] if local else [args.base_url], simulator_model=None if local else args.model,
-        simulator_kind=args.simulator_kind, roleplay_prompt=args.roleplay_prompt,
-        simulator_api_key_env=args.api_key_env, simulator_system=args.system, simulator_tokenizer=None,
-        simulator_temperature=args.temperature, simulator_top_p=args.top_p,
-        max_new_tokens=max_new_tokens or args.max_new_tokens, max_context=args.max_context, template=args.template,
-        device=args.device, engine="hf", batch_window_ms=5.0, max_retries=args.max_retries, request_timeout=600.0)
+    return SimulatorSpec((args.model,) if local else (args.base_url,), args.simulator_kind,
+                         model=None if local else args.model, key_env=args.api_key_env, system=args.system,
+                         sampling=Sampling(args.temperature, args.top_p, max_new_tokens or args.max_new_tokens),
+                         template=args.template, device=args.device, roleplay_prompt=args.roleplay_prompt,
+                         max_retries=args.max_retries)
 
 
 def next_human_turns(args, prefixes: Sequence[list[Turn]], file: str = "<simulator>", names: Sequence | None = None,
                      max_new_tokens: int | None = None) -> tuple[list[str | None], BadRecordSummary, str]:
-    """The simulator's next human turn after each prefix (None where it failed: counted under ``names[i]``),
-    and the simulator's model name."""
+    """The simulator's next human turn after each prefix (None where it failed or had no room: counted under
+    ``names[i]``), and the simulator's model name."""
     return asyncio.run(_ask_all(args, prefixes, file, names or range(len(prefixes)), max_new_tokens))
 
 
 async def _ask_all(args, prefixes, file, names, max_new_tokens):
-    import openai
-    from tqdm import tqdm
-
+    from core.engine import FAILED, SKIPPED, Engine, Job, Result
     from data.end_rules import EndOfSession, EndRule
-    from data.simulate import build_simulator
-    from core.endpoint import FATAL, RetriesExhausted, describe
+    from data.simulators import build_simulator
 
-    ns = simulator_args(args, max_new_tokens)
-    rule = EndRule("paper", ns.max_context, ns.max_new_tokens)
+    spec = simulator_spec(args, max_new_tokens)
+    rule = EndRule("paper", args.max_context, spec.sampling.max_new_tokens)
     summary = BadRecordSummary()
     texts: list[str | None] = [None] * len(prefixes)
+
+    def counted(outcome) -> None:
+        if outcome.kind == FAILED:
+            summary.add(BadRecord(file, names[outcome.key], "simulator failed", outcome.record["reason"]))
+        elif outcome.kind == SKIPPED:
+            summary.add(BadRecord(file, names[outcome.key], "no room to generate", outcome.record))
+        else:
+            texts[outcome.key] = outcome.record
+
     async with AsyncExitStack() as stack:
-        simulator, model = await build_simulator(ns, rule, stack)
+        simulator, model = await build_simulator(spec, rule, stack)
         stack.push_async_callback(simulator.close)
-        sem = asyncio.Semaphore(max(1, args.concurrency))
-        bar = stack.enter_context(tqdm(total=len(prefixes), unit="turn", desc="generating", file=sys.stderr,
-                                       disable=None))
 
-        async def one(i: int) -> None:
-            async with sem:
-                try:
-                    texts[i] = (await simulator.ask(prefixes[i], args.seed + i)).text
-                except EndOfSession as end:
-                    summary.add(BadRecord(file, names[i], "no room to generate", end.reason))
-                except (RetriesExhausted, openai.APIError) as err:
-                    if isinstance(err, FATAL):
-                        raise
-                    summary.add(BadRecord(file, names[i], "simulator failed", describe(getattr(err, "last", err))))
-                bar.update(1)
+        async def ask(i: int):
+            try:
+                return (await simulator.ask(prefixes[i], args.seed + i)).text
+            except EndOfSession as end:
+                return Result(end.reason, SKIPPED)
 
-        await asyncio.gather(*(one(i) for i in range(len(prefixes))))
+        jobs = [Job(i, functools.partial(ask, i)) for i in range(len(prefixes))]
+        await Engine(args.concurrency, desc="generating", unit="turn").run(jobs, on_outcome=counted)
     return texts, summary, model
 
 

@@ -322,43 +322,43 @@ class Generator:
                 errors.append(err)
                 streamer.end()
 
-        def pieces() -> Iterator[str]:
-            thread = threading.Thread(target=run, daemon=True)
-            thread.start()
-            text, shown, n_tokens, ended = _IncrementalText(self.tokenizer), 0, 0, False
-            full = ""
-            stop_ids = set(self.stop_ids)
-            try:
-                while (ids := streamer.queue.get()) is not None:
-                    if ended:
-                        continue  # drain until generate() returns
-                    for i, t in enumerate(ids):
-                        if t in stop_ids:
-                            ended = True
-                            ids = ids[:i]
-                            break
-                    n_tokens += len(ids)
-                    full += text.add(ids)
-                    visible, found = cut_at_stop(full, stops)
-                    ended = ended or found
-                    upto = len(visible) if ended else len(visible) - held_back(visible, stops)
-                    if upto > shown:
-                        yield full[shown:upto]
-                        shown = upto
-                    if ended:
-                        result.cancel.set()
-                thread.join()
-                if errors:
-                    raise errors[0]
-                if not ended and shown < len(full):  # no stop: show what was held back
-                    yield full[shown:]
-                result.completion = Completion(cut_at_stop(full, stops)[0],
-                                               "stop" if ended else "length", len(prompt), n_tokens)
-            finally:
-                result.cancel.set()
-
-        result._pieces = pieces()
+        result._pieces = self._pieces(run, streamer, result, stops, len(prompt), errors)
         return result
+
+    def _pieces(self, run, streamer: _QueueStreamer, result: TextStream, stops: list[str], n_prompt: int,
+                errors: list[BaseException]) -> Iterator[str]:
+        """Run ``run`` (the generate call) in a thread and yield its text as it comes, holding back what may
+        begin a stop string; sets ``result.completion`` at the end."""
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        text, shown, n_tokens, ended, full = _IncrementalText(self.tokenizer), 0, 0, False, ""
+        stop_ids = set(self.stop_ids)
+        try:
+            while (ids := streamer.queue.get()) is not None:
+                if ended:
+                    continue  # drain until generate() returns
+                end = next((i for i, t in enumerate(ids) if t in stop_ids), None)
+                if end is not None:
+                    ended, ids = True, ids[:end]
+                n_tokens += len(ids)
+                full += text.add(ids)
+                visible, found = cut_at_stop(full, stops)
+                ended = ended or found
+                upto = len(visible) if ended else len(visible) - held_back(visible, stops)
+                if upto > shown:
+                    yield full[shown:upto]
+                    shown = upto
+                if ended:
+                    result.cancel.set()
+            thread.join()
+            if errors:
+                raise errors[0]
+            if not ended and shown < len(full):  # no stop: show what was held back
+                yield full[shown:]
+            result.completion = Completion(cut_at_stop(full, stops)[0], "stop" if ended else "length", n_prompt,
+                                           n_tokens)
+        finally:
+            result.cancel.set()
 
 
 def end_of_turn(tokenizer, template: Template) -> tuple[list[int], list[str]]:

@@ -6,8 +6,8 @@ assistant turn (PlatoLM); with ``--role human`` it is the next *human* turn writ
 simulator (Socratic). Either way it comes back as the OpenAI ``assistant`` message of the reply.
 
 Routes: ``POST /v1/chat/completions`` (``stream`` true or false), ``GET /v1/models``, ``GET /health``.
-Concurrent requests are batched: a background loop gathers the requests that arrive within
-``--batch-wait-ms`` and runs them as one batched generate call (streamed requests run on their own).
+Concurrent requests are batched (``core.batcher``): the requests that arrive within ``--batch-wait-ms``
+with the same sampling settings run as one batched generate call (streamed requests run on their own).
 
 The API key comes from ``$PLATOLM_API_KEY`` (or ``--api-key``); when set, every ``/v1`` request
 needs ``Authorization: Bearer KEY``. Binds 127.0.0.1 unless told otherwise.
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import hmac
 import json
 import os
@@ -29,7 +30,7 @@ import time
 import traceback
 import uuid
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -39,6 +40,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
+from core.batcher import MicroBatcher
 from core.conversation import GPT, HUMAN, BadRecord, Turn, atomic_write, parse_record
 from model.generate import Completion, ContextOverflow
 from core.errors import UsageError
@@ -156,59 +158,19 @@ def request_settings(req: ChatRequest, default_max_tokens: int) -> Settings:
                     tuple(s for s in stop if s), req.seed, req.min_tokens)
 
 
-# -- batching ------------------------------------------------------------------------------------
+# -- batching (core.batcher) ---------------------------------------------------------------------
 @dataclass
 class Job:
     prompt: list[int]
     settings: Settings
-    future: asyncio.Future = field(repr=False)
 
 
-class Batcher:
-    """Gathers requests that arrive close together and runs each group as one batched generate call."""
-
-    def __init__(self, generator, max_batch: int = 16, wait_s: float = 0.005):
-        self.generator, self.max_batch, self.wait_s = generator, max_batch, wait_s
-        self.queue: asyncio.Queue[Job] = asyncio.Queue()
-        self.requests = self.batches = 0  # shown by /health: how well batching works
-
-    async def submit(self, prompt: list[int], settings: Settings) -> Completion:
-        job = Job(prompt, settings, asyncio.get_running_loop().create_future())
-        await self.queue.put(job)
-        return await job.future
-
-    async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            jobs = [await self.queue.get()]
-            deadline = loop.time() + self.wait_s
-            while len(jobs) < self.max_batch:
-                try:
-                    jobs.append(await asyncio.wait_for(self.queue.get(), max(0.0, deadline - loop.time())))
-                except asyncio.TimeoutError:
-                    break
-            groups: dict[tuple, list[Job]] = {}
-            for job in jobs:
-                groups.setdefault(job.settings.key(), []).append(job)
-            for group in groups.values():
-                await self._run_group(group)
-
-    async def _run_group(self, group: list[Job]) -> None:
-        s = group[0].settings
-        self.requests, self.batches = self.requests + len(group), self.batches + 1
-        try:
-            results = await asyncio.to_thread(
-                self.generator.generate_ids, [j.prompt for j in group], temperature=s.temperature,
-                top_p=s.top_p, max_new_tokens=[j.settings.max_tokens for j in group], stop=list(s.stop),
-                seed=s.seed, min_new_tokens=s.min_tokens)
-        except Exception as err:  # reported to each waiting request
-            for job in group:
-                if not job.future.done():
-                    job.future.set_exception(err)
-            return
-        for job, result in zip(group, results):
-            if not job.future.done():
-                job.future.set_result(result)
+def generate_group(generator, group: list[Job]) -> list[Completion]:
+    """One batched generate call for requests with the same settings, each with its own max_tokens."""
+    s = group[0].settings
+    return generator.generate_ids([j.prompt for j in group], temperature=s.temperature, top_p=s.top_p,
+                                  max_new_tokens=[j.settings.max_tokens for j in group], stop=list(s.stop),
+                                  seed=s.seed, min_new_tokens=s.min_tokens)
 
 
 # -- the app -------------------------------------------------------------------------------------
@@ -221,15 +183,50 @@ def create_app(generator, role: str, model_name: str, api_key: str | None = None
                default_max_tokens: int = 512, max_batch: int = 16, batch_wait_s: float = 0.005) -> FastAPI:
     if role not in (HUMAN, GPT):
         raise ValueError(f"role must be {HUMAN!r} or {GPT!r}")
-    batcher = Batcher(generator, max_batch, batch_wait_s)
+    batcher = MicroBatcher(functools.partial(generate_group, generator), wait_s=batch_wait_s, max_batch=max_batch,
+                           group_key=lambda job: job.settings.key())
 
     async def lifespan(app):
-        task = asyncio.create_task(batcher.run())
         yield
-        task.cancel()
+        await batcher.close()
 
     app = FastAPI(title="PlatoLM server", lifespan=lifespan)
+    add_error_handlers(app)
+    if api_key:
+        add_key_check(app, api_key)
 
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "role": role, "model": model_name,
+                "batched_requests": batcher.requests, "batches": batcher.batches}
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": 0,
+                                            "owned_by": "platolm", "role": role,
+                                            "root": str(getattr(generator, "path", model_name)),
+                                            "max_model_len": generator.max_context}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(req: ChatRequest):
+        settings = request_settings(req, default_max_tokens)
+        prompt = request_prompt(generator, role, req)
+        head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model_name}
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return StreamingResponse(_sse(generator, prompt, settings, head, include_usage),
+                                     media_type="text/event-stream")
+        done = await batcher.submit(Job(prompt, settings))
+        return {**head, "object": "chat.completion",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": done.text},
+                             "finish_reason": done.finish_reason, "logprobs": None}],
+                "usage": usage(done)}
+
+    return app
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    """Every error as an OpenAI-style JSON body; a server error's trace goes to the log, never to the client."""
     @app.exception_handler(APIError)
     async def api_error(request, err: APIError):
         return err.response()
@@ -250,47 +247,20 @@ def create_app(generator, role: str, model_name: str, api_key: str | None = None
 
     @app.exception_handler(Exception)
     async def server_error(request, err: Exception):
-        traceback.print_exception(err, file=sys.stderr)  # the log gets the trace, the client does not
+        traceback.print_exception(err, file=sys.stderr)
         return APIError(500, "internal server error", type_="server_error").response()
 
+
+def add_key_check(app: FastAPI, api_key: str) -> None:
+    """Every ``/v1`` request needs ``Authorization: Bearer KEY`` (compared in constant time)."""
     @app.middleware("http")
     async def check_key(request: Request, call_next):
-        if api_key and request.url.path.startswith("/v1"):
+        if request.url.path.startswith("/v1"):
             given = request.headers.get("authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
                 return APIError(401, "missing or wrong API key (Authorization: Bearer KEY)",
                                 code="invalid_api_key").response()
         return await call_next(request)
-
-    @app.get("/health")
-    async def health():
-        return {"status": "ok", "role": role, "model": model_name,
-                "batched_requests": batcher.requests, "batches": batcher.batches}
-
-    @app.get("/v1/models")
-    async def models():
-        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": 0,
-                                            "owned_by": "platolm", "role": role,
-                                            "root": str(getattr(generator, "path", model_name)),
-                                            "max_model_len": generator.max_context}]}
-
-    @app.post("/v1/chat/completions")
-    async def chat_completions(req: ChatRequest):
-        settings = request_settings(req, default_max_tokens)
-        prompt = request_prompt(generator, role, req)
-        cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        head = {"id": cid, "created": created, "model": model_name}
-        if req.stream:
-            include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return StreamingResponse(_sse(generator, prompt, settings, head, include_usage),
-                                     media_type="text/event-stream")
-        done = await batcher.submit(prompt, settings)
-        return {**head, "object": "chat.completion",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": done.text},
-                             "finish_reason": done.finish_reason, "logprobs": None}],
-                "usage": usage(done)}
-
-    return app
 
 
 def _sse(generator, prompt: list[int], s: Settings, head: dict, include_usage: bool):

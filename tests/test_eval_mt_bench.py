@@ -389,7 +389,7 @@ def test_retries_are_bounded(server, bench, tmp_path):
     proc = mt_bench("judge", "--bench-dir", bench, "--judge-model", "judge-down", "--judge-base-url",
                     server.url + "/v1", "--model-list", "gpt-4", "--question-ids", "101", "--max-retries", "2",
                     "--out", tmp_path / "j.jsonl", check=False)
-    assert proc.returncode == 1 and "run the same command again to resume" in proc.stderr
+    assert proc.returncode == 1 and "2 judgments failed; run the same command again to retry them" in proc.stderr
     assert server.stats()["requests"] - before == 2 * 3  # 2 turns x (1 try + 2 retries)
 
 

@@ -219,13 +219,13 @@ def test_default_prompt_every_session_and_unparsable(quality_run, server, tiny_d
     assert "6 of 6 judge replies had no parsable score" in capsys.readouterr().err
     assert all(rec["error"] == "no parsable score" and rec["scores"] == {} for rec in read_jsonl(tmp_path / "mute.jsonl"))
     # a judge that keeps failing: bounded retries, then the run fails (exit 1 from the CLI), nothing scored
-    from core.endpoint import RetriesExhausted
+    from core.engine import JobsFailed
 
     args = build_parser().parse_args(["--data", str(data), "--judge-model", "judge-down", "--judge-base-url",
                                       server.url + "/v1", "--max-retries", "1"])
-    with pytest.raises(RetriesExhausted):
+    with pytest.raises(JobsFailed, match="2 judge requests failed; run the same command again to retry them"):
         judge_sessions(convs[:2], args, tmp_path / "down.jsonl")
-    assert "2 judge requests failed" in capsys.readouterr().err and not (tmp_path / "down.jsonl").exists()
+    assert not (tmp_path / "down.jsonl").exists()
 
 
 def test_detector_specs(quality_run, server, tiny_dir, tmp_path):
