@@ -10,6 +10,8 @@ reply that would run past N words is cut with ``finish_reason: "length"``, as a 
 As ``--role human`` with ``--end-after K`` it writes the end-of-conversation marker
 (``model.dyadic.END_OF_CONVERSATION``) instead of question K+1, like a Socratic trained with ``--end_token``.
 ``--log-requests FILE`` appends every request body to FILE (JSONL), for tests of what a caller sends.
+``--hold N`` makes chat requests wait for each other in groups of N (a barrier) and ``/stats`` count the
+most ever in flight at once (``in_flight_max``): a client's concurrency, seen by events, not by timing.
 
 Faults: every ``--fault-every``-th request (counted over the whole server) fails, the kinds taken in
 turn from ``--faults``: ``429`` (with a ``retry-after-ms`` header), ``500``, ``drop`` (the connection
@@ -76,12 +78,31 @@ def _error(status: int, message: str, code: str | None = None, etype: str = "inv
                         status_code=status)
 
 
+def add_hold(app: FastAPI, n: int, stats: Counter) -> None:
+    """Chat requests wait for each other in groups of ``n``; ``in_flight_max``: the most ever in flight at once."""
+    barrier, state = asyncio.Barrier(n), {"in_flight": 0}
+
+    @app.middleware("http")
+    async def hold(request: Request, call_next):
+        if request.url.path != "/v1/chat/completions":
+            return await call_next(request)
+        state["in_flight"] += 1
+        stats["in_flight_max"] = max(stats["in_flight_max"], state["in_flight"])
+        try:
+            await barrier.wait()
+            return await call_next(request)
+        finally:
+            state["in_flight"] -= 1
+
+
 def make_app(args) -> FastAPI:
     app = FastAPI()
     stats: Counter[str] = Counter()
     state = {"seq": 0, "faults": 0}
     faults = [f for f in args.faults.split(",") if f] if args.faults else []
     key = os.environ.get(args.api_key_env) if args.api_key_env else None
+    if args.hold:
+        add_hold(app, args.hold, stats)
 
     def next_fault() -> str | None:
         state["seq"] += 1
@@ -180,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--api-key-env", help="require `Authorization: Bearer $VAR`")
     p.add_argument("--end-after", type=int, default=0, help="--role human: end the conversation after K rounds")
     p.add_argument("--log-requests", help="append every request body to this JSONL file")
+    p.add_argument("--hold", type=int, default=0, help="chat requests wait for each other in groups of N")
     args = p.parse_args(argv)
     bad = [f for f in args.faults.split(",") if f and f not in FAULT_KINDS]
     if bad:
