@@ -46,7 +46,7 @@ Simulator sources (generation metrics): ``--model PATH --template dyadic|chat`` 
 NAME`` calls an endpoint through ``core.endpoint.Endpoint``, built by ``data.simulators.build_simulator``
 from a ``SimulatorSpec`` and driven by ``core.engine``. A ``socratic`` endpoint is sent the
 conversation as it is (``user`` = the human's turns, ``assistant`` = the assistant's) and replies with the
-next human turn; a ``roleplay`` one is the lead's ``data.simulators.RoleplaySimulator`` (a chat model
+next human turn; a ``roleplay`` one is ``data.simulators.RoleplaySimulator`` (a chat model
 prompted to act as the user). Sampling defaults are the paper's (temperature 0.7, no top-p).
 
 Usage::
