@@ -48,7 +48,7 @@ class SessionStore(JobLog):
     def __init__(self, out: str | Path):
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         super().__init__(out, "id", side_files=True, read=read_records)
-        self.out, self.skipped_path, self.failed_path = self.path, self.paths[SKIPPED], self.paths[FAILED]
+        self.skipped_path, self.failed_path = self.paths[SKIPPED], self.paths[FAILED]
 
     @property
     def finished(self) -> dict[str, dict]:
