@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,7 +23,7 @@ from pathlib import Path
 from core.errors import UsageError
 from core.runner import command
 from scripts.demo_report import base_label, prepend_summary
-from scripts.pipeline import Call, Cmd, Stage, free_port, py, run_stages, server, sh
+from scripts.pipeline import Call, Cmd, Stage, StageFailed, free_port, py, run_stages, server, sh
 
 OPENAI_URL = "https://api.openai.com/v1"
 PAPER_BASES = {"socratic": "huggyllama/llama-7b", "platolm": "meta-llama/Llama-2-7b-hf"}  # the paper's backbones
@@ -241,9 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or Path("runs/paper" if args.scale == "paper" else "runs/demo")
     try:
         run_stages(pipeline(scale, args.scale, out, args.sharegpt), out, args.dry_run, stage_env())
-    except subprocess.CalledProcessError as err:
-        print(f"error: `{Cmd(tuple(err.cmd))}` exited with code {err.returncode}; the stages that finished are "
-              f"kept: run the demo again to go on", file=sys.stderr)
+    except StageFailed as err:
+        print(f"error: {err}; the stages that finished are kept: run the demo again to go on", file=sys.stderr)
         return 1
     print(f"\nreport: {out / 'REPORT.md'}")
     return 0

@@ -62,6 +62,14 @@ class Call:
     fn: Callable[[], None] | None = None
 
 
+class StageFailed(Exception):
+    """A stage's command failed, or its server did not come up; the stages that finished are kept."""
+
+
+class ServerDown(RuntimeError):
+    """A server exited, or did not answer in time."""
+
+
 class Stage:
     """A named list of steps run in order; a step given as None (what this scale leaves out) is dropped."""
 
@@ -101,7 +109,7 @@ def server(cmd: Cmd, ready: str = "/health") -> Cmd:
 
 def run_stages(stages: list[Stage], out: Path, dry_run: bool, env: dict) -> None:
     """Each stage in order unless it finished before (its marker exists); a dry run prints every stage's
-    commands and runs nothing. A failing command raises ``subprocess.CalledProcessError``."""
+    commands and runs nothing. StageFailed names the stage and the command that failed."""
     for stage in stages:
         marker = out / "stages" / f"{stage.name}.json"
         if marker.exists() and not dry_run:
@@ -109,11 +117,16 @@ def run_stages(stages: list[Stage], out: Path, dry_run: bool, env: dict) -> None
             continue
         print(f"\n== {stage.name}", flush=True)
         start, steps = time.time(), []
-        with ExitStack() as servers:
-            for step in stage.steps:
-                seconds = run_step(step, servers, dry_run, env)
-                if isinstance(step, Cmd):
-                    steps.append({"command": step.label, "seconds": seconds})
+        try:
+            with ExitStack() as servers:
+                for step in stage.steps:
+                    seconds = run_step(step, servers, dry_run, env)
+                    if isinstance(step, Cmd):
+                        steps.append({"command": step.label, "seconds": seconds})
+        except subprocess.CalledProcessError as err:
+            raise StageFailed(f"stage {stage.name}: `{Cmd(tuple(err.cmd))}` exited with code {err.returncode}") from err
+        except ServerDown as err:
+            raise StageFailed(f"stage {stage.name}: {err}") from err
         if not dry_run:
             record = {"seconds": round(time.time() - start, 1), "steps": steps}
             atomic_write(marker, lambda f: json.dump(record, f, indent=1))
@@ -163,17 +176,17 @@ def local_server(cmd, port: int, ready_path: str = "/health", **popen):
 
 
 def wait_healthy(port: int, proc: subprocess.Popen, path: str = "/health", timeout: float = 300) -> None:
-    """Until ``GET path`` answers 200; RuntimeError if the server exits or takes longer than ``timeout``."""
+    """Until ``GET path`` answers 200; ServerDown if the server exits or takes longer than ``timeout``."""
     import httpx
 
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"the server `{shlex.join(map(str, proc.args))}` exited with code {proc.returncode}")
+            raise ServerDown(f"the server `{Cmd(tuple(map(str, proc.args)))}` exited with code {proc.returncode}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}{path}", timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
-    raise RuntimeError(f"the server on port {port} did not become healthy within {timeout:.0f} s")
+    raise ServerDown(f"the server on port {port} did not become healthy within {timeout:.0f} s")
