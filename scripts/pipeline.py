@@ -42,9 +42,9 @@ class Cmd:
     ready: str | None = None
 
     def __str__(self) -> str:
-        words = [f"{k}={v}" for k, v in self.env] + ["python" if a == PY else a for a in self.argv]
-        return shlex.join(words) + (f" > {shlex.quote(str(self.stdout))}" if self.stdout else "") \
-            + (" &" if self.ready else "")
+        settings = "".join(f"{k}={shlex.quote(v)} " for k, v in self.env)
+        line = settings + shlex.join("python" if a == PY else a for a in self.argv)
+        return line + (f" > {shlex.quote(str(self.stdout))}" if self.stdout else "") + (" &" if self.ready else "")
 
     @property
     def label(self) -> str:
