@@ -27,7 +27,8 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from core.runner import command
-from scripts.demo import PY, free_port, local_server, show, take_sharegpt
+from scripts.pipeline import PY, free_port, local_server, show
+from scripts.take_sharegpt import take_sharegpt
 
 ROOT = Path(__file__).resolve().parent.parent
 # TinyLlama-1.1B's shape: the smallest widely used Llama-2 architecture
