@@ -45,10 +45,11 @@ from core.conversation import GPT, HUMAN, BadRecord, BadRecordSummary, iter_conv
 from core.endpoint import Endpoint
 from core.errors import UsageError
 from core.runner import command
-from data.end_rules import END_RULES, EndRule, TokenCounter
+from data.end_rules import BUDGET_COUNTS, END_RULES, EndRule, TokenCounter, original_server_counter
 from data.simulators import (DEFAULT_ROLEPLAY_PROMPT, LocalSimulator, RoleplaySimulator, Sampling,
                             SocraticEndpoint, Teacher)
 from data.session import Outcome, SessionConfig, SessionSpec, run_session
+from model.dyadic import LEARNED_ENDS, TOKENIZATIONS
 from data.sessions_store import SessionStore
 
 TEACHER_SYSTEM = "You are an artificial intelligence assistant."  # the original's system message
@@ -230,6 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--simulator-tokenizer",
                    help="count the budget in this tokenizer (default: the simulator's own when it is local "
                         "or the served checkpoint is on this machine; else the server's usage figures)")
+    g.add_argument("--tokenization", default="original", choices=TOKENIZATIONS,
+                   help="how that tokenizer counts: as the trainer's --tokenization (default original)")
+    g.add_argument("--budget-count", default="training", choices=BUDGET_COUNTS,
+                   help="the paper rule's budget in the simulator's training tokens (default), or as the original's "
+                        "server counted it: its fast tokenizer and system prompt (see data/end_rules.py)")
     g.add_argument("--simulator-temperature", type=float, default=0.7)
     g.add_argument("--simulator-top-p", type=float, default=1.0)
     g.add_argument("--max-new-tokens", type=int, default=512, help="longest question the simulator may write")
@@ -268,6 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--end-rule", choices=END_RULES, default="paper",
                    help="when a session ends (default paper; see data/end_rules.py)")
     g.add_argument("--min-turns", type=int, default=1, help="--end-rule learned: rounds before an end is accepted")
+    g.add_argument("--end-style", choices=list(LEARNED_ENDS), default="project",
+                   help="--end-rule learned: the trainer's --end_style; original = the original's <e> experiment, "
+                        "whose system prompt the simulator then gets (unless --simulator-system)")
     g.add_argument("--max-turns", type=int, help="most rounds per session (default: until the budget ends it)")
     g.add_argument("--concurrency", type=int, default=16, help="sessions in flight at once")
     g.add_argument("--max-retries", type=int, default=6, help="retries per request (429, 5xx, timeouts, ...)")
@@ -295,6 +304,8 @@ def check_args(p: argparse.ArgumentParser, args) -> None:
         p.error("--simulator: several are allowed only as endpoints (http(s)://...), not local paths")
     if args.simulator_kind == "roleplay" and not all(remote):
         p.error("--simulator-kind roleplay needs an endpoint (a chat model to prompt)")
+    if args.simulator_system is None:
+        args.simulator_system = LEARNED_ENDS[args.end_style].system  # None: Socratic's paper prompt
 
 
 def is_url(s: str) -> bool:
@@ -322,7 +333,10 @@ async def build_simulator(args, rule: EndRule, stack: AsyncExitStack):
 
             gen = await asyncio.to_thread(Generator, urls[0], args.template, args.device,
                                           max_context=args.max_context)
-            return LocalSimulator(gen, sampling, rule, args.simulator_system, args.batch_window_ms / 1000), urls[0]
+            local = LocalSimulator(gen, sampling, rule, args.simulator_system, args.batch_window_ms / 1000)
+            if args.budget_count == "original-server":
+                local.counter.budget = original_server_counter(urls[0], args.template)
+            return local, urls[0]
         from model.serve import vllm_server
 
         tokenizer = tokenizer or urls[0]
@@ -332,7 +346,11 @@ async def build_simulator(args, rule: EndRule, stack: AsyncExitStack):
     model = await endpoint.model_name()
     if not tokenizer and args.simulator_kind == "socratic":
         tokenizer = await served_tokenizer(endpoint)
-    counter = TokenCounter.load(tokenizer, args.template, args.simulator_system) if tokenizer else None
+    counter = TokenCounter.load(tokenizer, args.template, args.simulator_system, args.tokenization,
+                                args.budget_count) if tokenizer else None
+    if counter is None and args.budget_count != "training":
+        raise UsageError("--budget-count original-server counts with the simulator's tokenizer: give "
+                         "--simulator-tokenizer")
     if args.simulator_kind == "roleplay":
         return RoleplaySimulator.from_file(endpoint, sampling, args.roleplay_prompt, counter), model
     if counter is None:
@@ -355,6 +373,7 @@ def run_meta(args, simulator, model: str) -> dict:
             "simulator_temperature": args.simulator_temperature, "simulator_top_p": args.simulator_top_p,
             "max_new_tokens": args.max_new_tokens, "max_context": args.max_context, "end_rule": args.end_rule,
             "budget_counted_by": "tokenizer" if getattr(simulator, "counter", None) else "server usage",
+            "budget_count": args.budget_count,
             "teacher_base_url": args.teacher_base_url, "teacher_model": args.teacher_model,
             "teacher_temperature": args.teacher_temperature, "teacher_system": args.teacher_system}
 

@@ -81,7 +81,7 @@ class SocraticEndpoint:
                                   max_tokens=s.max_new_tokens, seed=seed,
                                   extra_body={"truncate_prompt_tokens": window} if window else None)
         served = reply.prompt_tokens or 0
-        whole = len(self.counter.prompt_ids(turns)) if self.counter is not None else served
+        whole = self.counter.budget_tokens(turns) if self.counter is not None else served
         return Question(reply.text.strip(), whole, reply.completion_tokens or 0, reply.finish_reason, served)
 
     async def close(self) -> None:
@@ -118,7 +118,7 @@ class RoleplaySimulator:
                                          seed=seed)
         text = _SPEAKER_LABEL.sub("", reply.text.strip(), count=1).strip()
         if self.counter is not None:  # the budget in a named tokenizer, e.g. to match a Socratic run
-            return Question(text, len(self.counter.prompt_ids(turns)), self.counter.text_tokens(text),
+            return Question(text, self.counter.budget_tokens(turns), self.counter.text_tokens(text),
                             reply.finish_reason, reply.prompt_tokens)
         return Question(text, reply.prompt_tokens or 0, reply.completion_tokens or 0, reply.finish_reason,
                         reply.prompt_tokens)
@@ -197,7 +197,7 @@ class LocalSimulator:
                 results[i] = rule.context_full()
                 continue
             prompts.append(given)
-            wholes.append(len(whole))
+            wholes.append(self.counter.budget_tokens(turns, whole))
             where.append(i)
         if prompts:
             outs = self.generator.generate_ids(prompts, temperature=s.temperature, top_p=s.top_p,
