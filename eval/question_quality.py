@@ -15,9 +15,10 @@ datasets directories), side by side:
   a countable word are skipped and counted;
 * human-likeness (``--detector SPEC``): share of questions a detector takes for human-written (the paper's
   was a private service). ``--questions by-position`` scores the turns at even positions of each session
-  (0, 2, 4, ...), as the original's cli_detector.py took its questions; the default takes the human turns. SPEC is anything ``eval.detector.load_detector`` accepts (``default``: the offline
-  detector trained on ShareGPT; a saved detector; ``judge:MODEL[@URL]``; a Hugging Face classifier
-  directory) or a classifier's hub name; ``--human-label`` names a classifier's human label;
+  (0, 2, 4, ...), as the original's cli_detector.py took its questions; the default takes the human turns.
+  SPEC is anything ``eval.detector.load_detector`` accepts (``default``: the offline detector trained on
+  ShareGPT; a saved detector; ``judge:MODEL[@URL]``; a Hugging Face classifier directory) or a classifier's
+  hub name; ``--human-label`` names a classifier's human label;
 * judge scores (``--judge`` / ``--judge-model``): complexity, relevancy, logicality and diversity of every
   session's questions (or a random ``--sample N``), 1-10, from any OpenAI-compatible model (the paper:
   gpt-3.5-turbo-16k); resumable judgment file. ``--prompt-file`` replaces this project's prompt; the

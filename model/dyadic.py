@@ -42,9 +42,9 @@ before ``<s>``: the first token of every turn and of every role prefix differs f
 piece, and ``<s>``/``</s>`` that absorb the whitespace around them); the trainer applies it by default
 (``--tokenization original``) to dyadic runs, and the saved tokenizer keeps it; :func:`training_tokenizer` is
 the one place that applies the option, for the trainer and for every tool that counts tokens for training
-(``python -m model.dyadic --tokenization``, ``data.prepare split|stats|seeds``, the simulator's budget). Tokenizers that are not
-sentencepiece-style (SmolLM2's byte-level BPE, the tests' tiny one) are left as they are. A literal
-special-token string inside a message (``<s>`` in a question about LLaMA) is read as that special token,
+(``python -m model.dyadic --tokenization``, ``data.prepare split|stats|seeds``, the simulator's budget).
+Tokenizers that are not sentencepiece-style (SmolLM2's byte-level BPE, the tests' tiny one) are left as they
+are. A literal special-token string inside a message (``<s>`` in a question about LLaMA) is read as that special token,
 by the original's tokenizer as by these (the whitespace around it dropped, as there); the trained span
 still covers the whole turn. tests/test_tokenizer_parity.py checks ids *and* labels against sentencepiece
 driven as the 4.28 slow tokenizer drove it, with the original ``preprocess``'s masking. (transformers 5's

@@ -14,7 +14,8 @@ Run it through them, from the repo root::
 Options: model (``--model_name_or_path``, ``--attn_implementation``, ``--dtype``, ``--pad_token reuse|add``),
 LoRA/QLoRA (``--lora``, ``--lora_r``, ...), data (``--data_path`` file or datasets name, ``--template
 dyadic|chat``, ``--tokenization original|as_loaded``, ``--model_max_length``, ``--packing``,
-``--eval_ratio``/``--eval_seed``/``--row_order``, ``--end_token``/``--end_style``), and every ``transformers.TrainingArguments`` flag.
+``--eval_ratio``/``--eval_seed``/``--row_order``, ``--end_token``/``--end_style``), and every
+``transformers.TrainingArguments`` flag.
 ``--config RECIPE.yaml`` sets defaults for any of them; flags on the command line win.
 
 Two kinds of recipe. ``recipes/*_7b_paper.yaml`` reproduce the original's ``sft_7b.sh``: one conversation

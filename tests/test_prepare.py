@@ -1,9 +1,10 @@
 """`python -m data.prepare`: every sub-command on small real-format fixtures and on real data.
 
 The split (``--cut round``; the original's cut is tested in tests/test_fidelity.py) is verified the way
-training will see it: every segment is rendered with model.dyadic and tokenised, and must fit; later segments start with the answer their first question follows; dropping
-those carried answers, a conversation's segments concatenate back to its turns. The faithful-to-the-
-original rules (clean --rules paper, seeds, baselines) are tested in tests/test_prepare_paper.py.
+training will see it: every segment is rendered with model.dyadic and tokenised, and must fit; later
+segments start with the answer their first question follows; dropping those carried answers, a
+conversation's segments concatenate back to its turns. The faithful-to-the-original rules (clean --rules
+paper, seeds, baselines) are tested in tests/test_prepare_paper.py.
 """
 from __future__ import annotations
 

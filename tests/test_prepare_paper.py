@@ -389,5 +389,6 @@ def test_clean_paper_rules_leave_duplicates_to_the_split():
     """The original de-duplicated segments after its split, not conversations before it: a paper-rules clean
     keeps both (data.prepare split drops the second: tests/test_fidelity.py)."""
     cleaner = Cleaner(rules="paper")
-    convs = [Conversation("a", [Turn(HUMAN, "ab"), Turn(GPT, "c")]), Conversation("b", [Turn(HUMAN, "a"), Turn(GPT, "bc")])]
+    convs = [Conversation("a", [Turn(HUMAN, "ab"), Turn(GPT, "c")]),
+             Conversation("b", [Turn(HUMAN, "a"), Turn(GPT, "bc")])]
     assert len(list(cleaner.run(convs))) == 2 and "duplicates" not in cleaner.counts()
