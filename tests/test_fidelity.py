@@ -362,6 +362,21 @@ def test_the_originals_end_experiment(llama_spm_dir, sharegpt_head, tmp_path):
     assert is_end_marker("<e>") and is_end_marker(" <|end_of_conversation|>\n")
 
 
+def test_simulate_takes_the_experiments_prompt_and_the_trainers_tokenization():
+    from data.simulate import build_parser, check_args
+    from model.dyadic import ORIGINAL_END_SYSTEM
+
+    parser = build_parser()
+    common = ["--simulator", "http://127.0.0.1:9/v1", "--num-sessions", "1", "--out", "o.jsonl", "--end-rule", "learned"]
+    args = parser.parse_args([*common, "--end-style", "original"])
+    check_args(parser, args)
+    assert args.simulator_system == ORIGINAL_END_SYSTEM
+    assert (args.tokenization, args.budget_count) == ("original", "training")  # the trainer's default
+    args = parser.parse_args([*common, "--end-style", "original", "--simulator-system", "mine"])
+    check_args(parser, args)
+    assert args.simulator_system == "mine"
+
+
 # --- 6. question quality as the original measured it ---------------------------------------------------
 def test_questions_by_position_as_the_originals_detector(tmp_path):
     """cli_detector.py's read_data: the turns at even positions. hRPPgZT_11 opens with an answer (g h g h g h g):
