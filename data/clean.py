@@ -18,7 +18,7 @@ the original code adapted), with a language classifier, in this order:
 6. duplicates: exact duplicates of an earlier conversation's turns (roles and texts).
 
 ``rules="paper"`` (``clean --rules paper``) applies the original PlatoLM code's rules instead
-(``remove_html.py`` and ``clean_sharegpt.ipynb``), in its order:
+(``remove_html.py`` and ``clean_sharegpt.ipynb``), in its order (the notebook's steps 2 and 3):
 
 1. too short: one turn or none.
 2. ai mentions: any raw turn naming "openai" or "chatgpt".
@@ -28,7 +28,10 @@ the original code adapted), with a language classifier, in this order:
    turn cannot be written; the original kept it). Roles are not touched.
 4. language: dropped if any turn holds a character in U+0080-U+FFFF, unless a human turn asks for a
    translation (``\b[Tt]ranslat\w+``).
-5. duplicates: the same concatenated turn texts (no roles, no separator) as an earlier conversation.
+
+Whole conversations are not de-duplicated under these rules: the original split next (its step 4), dropped
+one-turn segments (5) and then de-duplicated *segments* on their concatenated texts (6), which
+``data.prepare split`` does (data/split.py, its defaults).
 """
 from __future__ import annotations
 
@@ -42,7 +45,9 @@ from core.conversation import GPT, HUMAN, Conversation, Turn
 
 BLOCKED_WORDS = ("openai", "chatgpt")
 STEPS = {"default": ("roles", "html", "too short", "ai mentions", "language", "duplicates"),
-         "paper": ("too short", "ai mentions", "html", "language", "duplicates")}
+         "paper": ("too short", "ai mentions", "html", "language")}
+PAPER_NEXT = ("the original's steps 4-6 come next, in data.prepare split: split, one-turn segments dropped, "
+              "duplicate segments (same concatenated texts) dropped")
 RULES = tuple(STEPS)
 
 _HTML_START = re.compile(r"^\s*<(div|p|pre|ol|ul|table|h[1-6]|blockquote|span|code|br|hr)\b[^>]*>", re.I)
@@ -196,10 +201,11 @@ class Cleaner:
         turns = self._paper(conv.turns) if self.rules == "paper" else self._default(conv.turns)
         if isinstance(turns, str):
             return turns
-        key = self._key(turns)
-        if key in self.seen:
-            return "duplicates"
-        self.seen.add(key)
+        if "duplicates" in self.steps:
+            key = self._key(turns)
+            if key in self.seen:
+                return "duplicates"
+            self.seen.add(key)
         return Conversation(conv.id, turns, conv.system, conv.extra)
 
     def _default(self, turns: list[Turn]) -> list[Turn] | str:
@@ -262,11 +268,11 @@ class Cleaner:
         """Continue a resumed run: its counters, and the duplicate filter rebuilt from its output."""
         self.read, self.kept, self.removed = state["read"], state["kept"], Counter(state["removed"])
         self.translations = state.get("translations", 0)
-        self.seen = {self._key(c.turns) for c in written}
+        self.seen = {self._key(c.turns) for c in written} if "duplicates" in self.steps else set()
 
     def _key(self, turns: list[Turn]) -> bytes:
-        """The duplicate key: the paper's rules compare texts only, the default chain roles and texts."""
-        return fingerprint(turns, roles=self.rules != "paper")
+        """The duplicate key of the default chain: roles and texts."""
+        return fingerprint(turns)
 
     def table(self, bad_records: int = 0) -> str:
         """Records removed by each step, and how many were left after it."""
@@ -278,7 +284,8 @@ class Cleaner:
             left -= self.removed[step]
             lines.append(f"{step:<14}{self.removed[step]:>10}{left:>10}")
         if self.rules == "paper":
-            lines.append(f"({self.translations} kept by the translation exception of the language step)")
+            lines.append(f"({self.translations} kept by the translation exception of the language step; "
+                         f"{PAPER_NEXT})")
         return "\n".join(lines)
 
     def counts(self, bad_records: int = 0) -> dict:

@@ -11,8 +11,9 @@
 * ``fit`` (this project's earlier rule): the conversation and the next question must fit C together;
   when even the conversation so far does not fit, its last round is dropped too, so every kept session
   fits C. Seeded sessions with only their seed round are kept.
-* ``learned``: the simulator ends the session itself by writing ``END_OF_CONVERSATION`` as its next
-  question (a Socratic trained with ``--end_token``), once at least ``--min-turns`` rounds are done; the
+* ``learned``: the simulator ends the session itself by writing an end marker as its next question
+  (``END_OF_CONVERSATION``, or ``<e>`` for the original's experiment: a Socratic trained with
+  ``--end_token [--end_style original]``), once at least ``--min-turns`` rounds are done; the
   paper's budget still applies. Under the other rules (and before ``--min-turns``) the marker is
   suppressed: the question is asked again with another seed.
 
@@ -21,7 +22,11 @@ Counting: the conversation so far is the simulator's prompt, counted in the simu
 is known (``--simulator-tokenizer``, or the served checkpoint's path), the count is exact and the
 window is applied by the server (``truncate_prompt_tokens``, vLLM's parameter, which model.serve
 accepts too). Without a tokenizer the server's own usage figures are used and it sees the whole
-conversation.
+conversation. The tokenizer tokenises as training did (``--tokenization``, model.dyadic.training_tokenizer).
+``--budget-count original-server`` counts the budget as the original's generation server did instead: the
+checkpoint's *fast* tokenizer of transformers 4.28 (model.dyadic.match_original_server: a ``▁`` piece before
+every ``<s>``) and that server's system prompt, whose first sentence ends in a newline instead of a space;
+what the simulator is given stays the same.
 """
 from __future__ import annotations
 
@@ -29,10 +34,14 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from core.conversation import HUMAN, Turn
-from model.dyadic import END_OF_CONVERSATION, SYSTEM_PROMPTS, Template
+from model.dyadic import (END_MARKERS, SOCRATIC_SYSTEM, SYSTEM_PROMPTS, Template, match_original_server,
+                          training_tokenizer)
 
 END_RULES = ("paper", "fit", "learned")
+BUDGET_COUNTS = ("training", "original-server")
 WINDOW_MARGIN = 8  # the original: max_src_len = context_len - max_new_tokens - 8
+# the original's generation server (data/produce_sample/backend/utils.py): Socratic's prompt, "\n" after "assistant."
+ORIGINAL_SERVER_SYSTEM = SOCRATIC_SYSTEM.replace("assistant. The human", "assistant.\nThe human", 1)
 
 
 @dataclass
@@ -57,7 +66,8 @@ class EndOfSession(Exception):
 
 
 def is_end_marker(text: str) -> bool:
-    return text.strip() == END_OF_CONVERSATION
+    """The question is a learned end marker (the project's or the original's ``<e>``)."""
+    return text.strip() in END_MARKERS
 
 
 @dataclass(frozen=True)
@@ -123,22 +133,48 @@ class EndRule:
 
 
 class TokenCounter:
-    """The simulator's count of its prompt (the conversation so far, as it is rendered for it) and of a text."""
+    """The simulator's count of its prompt (the conversation so far, as it is rendered for it) and of a text.
 
-    def __init__(self, tokenizer, template: str | Template = "dyadic", system: str | None = None):
+    ``budget``: another counter whose count of the prompt the session budget uses instead (``original-server``).
+    """
+
+    def __init__(self, tokenizer, template: str | Template = "dyadic", system: str | None = None,
+                 budget: "TokenCounter | None" = None):
         self.tokenizer = tokenizer
         self.template = template if isinstance(template, Template) else Template(tokenizer, template)
         self.system = SYSTEM_PROMPTS[HUMAN] if system is None else system
+        self.budget = budget
 
     @classmethod
-    def load(cls, path: str, template: str = "dyadic", system: str | None = None) -> "TokenCounter":
-        from core.assets import load_tokenizer
-
-        return cls(load_tokenizer(path), template, system)
+    def load(cls, path: str, template: str = "dyadic", system: str | None = None, tokenization: str = "original",
+             budget_count: str = "training") -> "TokenCounter":
+        """The counter of the tokenizer at ``path`` as training tokenised with it, and the budget's count."""
+        counter = cls(training_tokenizer(path, tokenization, template), template, system)
+        if budget_count == "original-server":
+            counter.budget = original_server_counter(path, template)
+        return counter
 
     def prompt_ids(self, turns: Sequence[Turn], next_role: str = HUMAN) -> list[int]:
         text = self.template.prompt_for(turns, next_role, self.system)
         return self.tokenizer(text, add_special_tokens=self.template.add_special_tokens)["input_ids"]
 
+    def budget_tokens(self, turns: Sequence[Turn], ids: Sequence[int] | None = None) -> int:
+        """The conversation so far as the session budget counts it (``ids``: its prompt ids, when known)."""
+        if self.budget is not None:
+            return len(self.budget.prompt_ids(turns))
+        return len(self.prompt_ids(turns) if ids is None else ids)
+
     def text_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def original_server_counter(path: str, template: str = "dyadic") -> TokenCounter:
+    """The budget as the original's generation server counted it: the fast tokenizer of transformers 4.28 and
+    the server's system prompt (data/produce_sample/backend/inference.py: ``len(output_ids) > context_len``)."""
+    from core.assets import load_tokenizer
+
+    if template != "dyadic":
+        raise ValueError("--budget-count original-server counts the dyadic template the original served")
+    tokenizer = load_tokenizer(path)
+    match_original_server(tokenizer)
+    return TokenCounter(tokenizer, template, ORIGINAL_SERVER_SYSTEM)

@@ -85,19 +85,24 @@ def cmd_clean(args) -> int:
 
 
 def cmd_split(args) -> int:
-    from core.assets import load_tokenizer
-
     from data.split import Splitter
+    from model.dyadic import describe_tokenization, training_tokenizer
 
-    splitter = Splitter(load_tokenizer(args.tokenizer), args.max_length, args.train_role, args.template,
+    tokenizer = training_tokenizer(args.tokenizer, args.tokenization, args.template)
+    splitter = Splitter(tokenizer, args.max_length, args.train_role, args.template,
                         args.system, args.min_turns, dedup=not args.keep_duplicates,
-                        carry_answer=args.carry_answer, keep_trailing_question=args.keep_trailing_question)
-    options = {k: getattr(args, k) for k in ("tokenizer", "max_length", "train_role", "template", "system",
-                                             "min_turns", "keep_duplicates", "keep_trailing_question")}
+                        carry_answer=args.carry_answer, keep_trailing_question=args.keep_trailing_question,
+                        cut=args.cut, dedup_key=args.dedup_key)
+    options = {k: getattr(args, k) for k in ("tokenizer", "tokenization", "max_length", "train_role", "template",
+                                             "system", "min_turns", "keep_duplicates", "keep_trailing_question",
+                                             "cut", "dedup_key")}
     n = _resumable(args, {**options, "carry_answer": splitter.carry_answer}, splitter)
-    print(splitter.report(), file=sys.stderr)
+    counted = f"counted with {args.tokenizer}, {describe_tokenization(tokenizer, args.tokenization)}"
+    print(f"{splitter.report()}\n  {counted}; cut {args.cut}", file=sys.stderr)
     print(f"wrote {n} segments -> {args.out}", file=sys.stderr)
-    _write_report(args.report, {**splitter.counts, "over-long segments": splitter.too_long})
+    _write_report(args.report, {**splitter.counts, "over-long segments": splitter.too_long,
+                                "tokenizer": args.tokenizer, "tokenization": args.tokenization,
+                                "counted with": counted, "cut": args.cut})
     return 0
 
 
@@ -109,14 +114,13 @@ def cmd_convert(args) -> int:
 
 
 def cmd_stats(args) -> int:
-    from core.assets import load_tokenizer
-
     from data.stats import CorpusStats, plot_corpora, table
+    from model.dyadic import training_tokenizer
 
     names = args.name or [Path(p).stem for p in args.inp]
     if len(names) != len(args.inp):
         raise UsageError(f"--name gives {len(names)} names for {len(args.inp)} --data inputs; give one per input")
-    tokenizer = load_tokenizer(args.tokenizer)
+    tokenizer = training_tokenizer(args.tokenizer, args.tokenization)
     corpora = [(name, CorpusStats(tokenizer).add_all(_progress(iter_input(p, args.strict, args.summary), name)))
                for name, p in zip(names, args.inp)]
     if args.json and len(corpora) == 1:
@@ -139,10 +143,10 @@ def cmd_seeds(args) -> int:
     draw = sample_seeds(args.inp, args.source, args.n, args.seed, args.strict, args.summary, args.with_answer)
     seeds = draw.items
     if args.tokenizer:
-        from core.assets import load_tokenizer
+        from model.dyadic import training_tokenizer
 
-        seeds = drop_over_budget(seeds, load_tokenizer(args.tokenizer), args.max_length, args.inp, args.strict,
-                                 args.summary)
+        seeds = drop_over_budget(seeds, training_tokenizer(args.tokenizer, args.tokenization), args.max_length,
+                                 args.inp, args.strict, args.summary)
     print(draw.describe("category"), file=sys.stderr)
     n = write_output(args.out, seeds)
     print(f"wrote {n} seeds -> {args.out}", file=sys.stderr)
@@ -203,9 +207,19 @@ def cmd_truncate(args) -> int:
     return 0
 
 
+def tokenization(sp) -> None:
+    """--tokenization: count tokens exactly as the trainer's option of that name tokenises (same default)."""
+    from model.dyadic import TOKENIZATIONS
+
+    sp.add_argument("--tokenization", default="original", choices=TOKENIZATIONS,
+                    help="as the trainer's --tokenization (default original: a LLaMA-style tokenizer counts the "
+                         "original's slow-tokenizer ids; as_loaded: as transformers loads it)")
+
+
 def _corpus_commands(sub, command_parser, resumable) -> None:
     """clean, split, convert, stats: the ShareGPT chain and its description."""
     from data.clean import RULES
+    from data.split import CUTS, DEDUP_KEYS
     from model.dyadic import TEMPLATES
 
     sp = command_parser("clean", cmd_clean, "HTML to Markdown, UI noise, AI mentions, language, <2 turns, duplicates")
@@ -217,9 +231,14 @@ def _corpus_commands(sub, command_parser, resumable) -> None:
     sp.add_argument("--report", help="also write the per-step counts as JSON here")
     resumable(sp)
 
-    sp = command_parser("split", cmd_split, "split long conversations between rounds to fit --max-length tokens")
+    sp = command_parser("split", cmd_split, "split long conversations to --max-length tokens as training "
+                                            "tokenises them")
     sp.add_argument("--tokenizer", required=True, help="tokenizer path, hub name, or 'smollm2'")
+    tokenization(sp)
     sp.add_argument("--max-length", type=int, default=2048)
+    sp.add_argument("--cut", default="original", choices=CUTS,
+                    help="original (default): an overflowing answer stays in its segment (which runs over) and "
+                         "starts the next, as the original; round: cut between rounds, every segment fits")
     sp.add_argument("--template", default="dyadic", choices=TEMPLATES)
     sp.add_argument("--train-role", default=HUMAN, choices=[HUMAN, GPT],
                     help="whose system prompt is counted: human = Socratic's (default), gpt = PlatoLM's")
@@ -231,6 +250,9 @@ def _corpus_commands(sub, command_parser, resumable) -> None:
                     help="keep a last question that has no answer (the original dropped it)")
     sp.add_argument("--min-turns", type=int, default=2, help="drop segments with fewer turns (default: 2)")
     sp.add_argument("--keep-duplicates", action="store_true", help="keep segments identical to an earlier one")
+    sp.add_argument("--dedup-key", default="text", choices=DEDUP_KEYS,
+                    help="a duplicate has the same concatenated texts (default, the original's) or the same "
+                         "roles and texts (turns)")
     sp.add_argument("--report", help="also write the counts and over-long segment ids as JSON here")
     resumable(sp)
 
@@ -243,6 +265,7 @@ def _corpus_commands(sub, command_parser, resumable) -> None:
                         data_help="one or more inputs (JSON array / JSONL files or datasets directories)")
     sp.add_argument("--name", nargs="+", help="a name per input (default: the file names)")
     sp.add_argument("--tokenizer", required=True, help="tokenizer path, hub name, or 'smollm2'")
+    tokenization(sp)
     sp.add_argument("--json", action="store_true",
                     help="print JSON instead of a table: one object, or one line per input when several")
     sp.add_argument("--plots", metavar="DIR", help="write PNG histograms here")
@@ -262,6 +285,7 @@ def _sample_commands(sub, command_parser) -> None:
     sampled(sp)
     sp.add_argument("--with-answer", action="store_true", help="dolly: keep Dolly's response as the first answer")
     sp.add_argument("--tokenizer", help="also skip seeds that leave Socratic no room within --max-length")
+    tokenization(sp)
     sp.add_argument("--max-length", type=int, default=2048)
 
     sp = command_parser("baseline", cmd_baseline, "baseline corpora (UltraChat, Baize, ShareGPT) to ShareGPT, "

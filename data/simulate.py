@@ -40,8 +40,9 @@ from core.engine import DONE, FAILED, SKIPPED, Engine, Outcome, Tally, run_inter
 from core.errors import UsageError
 from core.options import MAX_RETRIES
 from core.runner import command
-from data.end_rules import END_RULES, EndRule
+from data.end_rules import BUDGET_COUNTS, END_RULES, EndRule
 from data.session import SessionConfig, SessionSpec, session_jobs
+from model.dyadic import LEARNED_ENDS, TOKENIZATIONS
 from data.sessions_store import SessionStore
 from data.simulators import (DEFAULT_ROLEPLAY_PROMPT, TEACHER_SYSTEM, LocalSimulator, Sampling, SimulatorSpec,
                              TeacherSpec, build_simulator, build_teacher, is_url)
@@ -105,6 +106,11 @@ def add_simulator_args(g) -> None:
     g.add_argument("--simulator-tokenizer",
                    help="count the budget in this tokenizer (default: the simulator's own when it is local "
                         "or the served checkpoint is on this machine; else the server's usage figures)")
+    g.add_argument("--tokenization", default="original", choices=TOKENIZATIONS,
+                   help="how that tokenizer counts: as the trainer's --tokenization (default original)")
+    g.add_argument("--budget-count", default="training", choices=BUDGET_COUNTS,
+                   help="the paper rule's budget in the simulator's training tokens (default), or as the original's "
+                        "server counted it: its fast tokenizer and system prompt (see data/end_rules.py)")
     g.add_argument("--simulator-temperature", type=float, default=0.7)
     g.add_argument("--simulator-top-p", type=float, default=1.0)
     g.add_argument("--max-new-tokens", type=int, default=512, help="longest question the simulator may write")
@@ -147,6 +153,9 @@ def add_session_args(g) -> None:
     g.add_argument("--end-rule", choices=END_RULES, default="paper",
                    help="when a session ends (default paper; see data/end_rules.py)")
     g.add_argument("--min-turns", type=int, default=1, help="--end-rule learned: rounds before an end is accepted")
+    g.add_argument("--end-style", choices=list(LEARNED_ENDS), default="project",
+                   help="--end-rule learned: the trainer's --end_style; original = the original's <e> experiment, "
+                        "whose system prompt the simulator then gets (unless --simulator-system)")
     g.add_argument("--max-turns", type=int, help="most rounds per session (default: until the budget ends it)")
     g.add_argument("--concurrency", type=int, default=16, help="sessions in flight at once")
     g.add_argument("--max-retries", type=int, default=MAX_RETRIES, help="retries per request (429, 5xx, timeouts, ...)")
@@ -173,16 +182,19 @@ def check_args(p: argparse.ArgumentParser, args) -> None:
         p.error("--simulator: several are allowed only as endpoints (http(s)://...), not local paths")
     if args.simulator_kind == "roleplay" and not all(remote):
         p.error("--simulator-kind roleplay needs an endpoint (a chat model to prompt)")
+    if args.simulator_system is None:
+        args.simulator_system = LEARNED_ENDS[args.end_style].system  # None: Socratic's paper prompt
 
 
 # -- the two sides, from this command's flags --------------------------------------------------------
 def simulator_spec(args) -> SimulatorSpec:
     return SimulatorSpec(
-        tuple(args.simulator), args.simulator_kind, args.simulator_model, args.simulator_api_key_env,
-        args.simulator_system, args.simulator_tokenizer,
-        Sampling(args.simulator_temperature, args.simulator_top_p, args.max_new_tokens), args.template,
-        args.device, args.engine, args.batch_window_ms / 1000, args.roleplay_prompt, args.max_retries,
-        args.request_timeout)
+        tuple(args.simulator), kind=args.simulator_kind, model=args.simulator_model,
+        key_env=args.simulator_api_key_env, system=args.simulator_system, tokenizer=args.simulator_tokenizer,
+        tokenization=args.tokenization, budget_count=args.budget_count,
+        sampling=Sampling(args.simulator_temperature, args.simulator_top_p, args.max_new_tokens),
+        template=args.template, device=args.device, engine=args.engine, batch_window_s=args.batch_window_ms / 1000,
+        roleplay_prompt=args.roleplay_prompt, max_retries=args.max_retries, timeout=args.request_timeout)
 
 
 def teacher_spec(args) -> TeacherSpec:
@@ -202,6 +214,7 @@ def run_meta(args, simulator, model: str) -> dict:
             "simulator_temperature": args.simulator_temperature, "simulator_top_p": args.simulator_top_p,
             "max_new_tokens": args.max_new_tokens, "max_context": args.max_context, "end_rule": args.end_rule,
             "budget_counted_by": "tokenizer" if getattr(simulator, "counter", None) else "server usage",
+            "budget_count": args.budget_count,
             "teacher_base_url": args.teacher_base_url, "teacher_model": args.teacher_model,
             "teacher_temperature": args.teacher_temperature, "teacher_system": args.teacher_system}
 

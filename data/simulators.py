@@ -34,7 +34,7 @@ from core.conversation import GPT, HUMAN, Conversation, Turn
 from core.endpoint import DEFAULT_KEY_ENV, Endpoint, Prices, Reply, is_context_exceeded, note_usage
 from core.errors import UsageError
 from core.options import MAX_RETRIES
-from data.end_rules import EndOfSession, EndRule, Question, TokenCounter
+from data.end_rules import EndOfSession, EndRule, Question, TokenCounter, original_server_counter
 from model.dyadic import SOCRATIC_SYSTEM
 
 DEFAULT_ROLEPLAY_PROMPT = Path(__file__).resolve().parent / "prompts" / "roleplay.txt"
@@ -89,7 +89,7 @@ class SocraticEndpoint:
                                   max_tokens=s.max_new_tokens, seed=seed,
                                   extra_body={"truncate_prompt_tokens": window} if window else None)
         served = reply.prompt_tokens or 0
-        whole = len(self.counter.prompt_ids(turns)) if self.counter is not None else served
+        whole = self.counter.budget_tokens(turns) if self.counter is not None else served
         return Question(reply.text.strip(), whole, reply.completion_tokens or 0, reply.finish_reason, served)
 
     async def close(self) -> None:
@@ -126,7 +126,7 @@ class RoleplaySimulator:
                                          seed=seed)
         text = _SPEAKER_LABEL.sub("", reply.text.strip(), count=1).strip()
         if self.counter is not None:  # the budget in a named tokenizer, e.g. to match a Socratic run
-            return Question(text, len(self.counter.prompt_ids(turns)), self.counter.text_tokens(text),
+            return Question(text, self.counter.budget_tokens(turns), self.counter.text_tokens(text),
                             reply.finish_reason, reply.prompt_tokens)
         return Question(text, reply.prompt_tokens or 0, reply.completion_tokens or 0, reply.finish_reason,
                         reply.prompt_tokens)
@@ -186,7 +186,7 @@ class LocalSimulator:
                 results[i] = end
                 continue
             prompts.append(given)
-            wholes.append(len(whole))
+            wholes.append(self.counter.budget_tokens(turns, whole))
             where.append(i)
         outs = self.generator.generate_ids(prompts, temperature=s.temperature, top_p=s.top_p,
                                            max_new_tokens=s.max_new_tokens, seed=batch[0][1])
@@ -213,6 +213,8 @@ class SimulatorSpec:
     key_env: str | None = None  # the environment variable holding the endpoint's key
     system: str | None = None  # a socratic simulator's system prompt (default: Socratic's)
     tokenizer: str | None = None  # count the budget in this tokenizer (default: the simulator's own, if known)
+    tokenization: str = "original"  # how it counts: as the trainer's --tokenization
+    budget_count: str = "training"  # training | original-server (data/end_rules.py)
     sampling: Sampling = field(default_factory=Sampling)
     template: str = "dyadic"
     device: str = "auto"  # a local simulator's
@@ -263,7 +265,10 @@ async def build_simulator(spec: SimulatorSpec, rule: EndRule, stack: AsyncExitSt
             from model.generate import Generator
 
             gen = await asyncio.to_thread(Generator, urls[0], spec.template, spec.device)
-            return LocalSimulator(gen, spec.sampling, rule, spec.system, spec.batch_window_s), urls[0]
+            local = LocalSimulator(gen, spec.sampling, rule, spec.system, spec.batch_window_s)
+            if spec.budget_count == "original-server":
+                local.counter.budget = original_server_counter(urls[0], spec.template)
+            return local, urls[0]
         from model.serve import vllm_server
 
         tokenizer = tokenizer or urls[0]
@@ -272,7 +277,11 @@ async def build_simulator(spec: SimulatorSpec, rule: EndRule, stack: AsyncExitSt
     model = await endpoint.model_name()
     if not tokenizer and spec.kind == "socratic":
         tokenizer = await served_tokenizer(endpoint)
-    counter = TokenCounter.load(tokenizer, spec.template, spec.system) if tokenizer else None
+    counter = TokenCounter.load(tokenizer, spec.template, spec.system, spec.tokenization,
+                                spec.budget_count) if tokenizer else None
+    if counter is None and spec.budget_count != "training":
+        raise UsageError("--budget-count original-server counts with the simulator's tokenizer: give "
+                         "--simulator-tokenizer")
     if spec.kind == "roleplay":
         return RoleplaySimulator.from_file(endpoint, spec.sampling, spec.roleplay_prompt, counter), model
     if counter is None:

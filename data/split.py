@@ -1,16 +1,22 @@
 """Split long conversations into segments that fit ``max_length`` as training will tokenise them.
 
-The rule is the original's (PlatoLM's ``split_long_conversation.py``, after Vicuna's): cut between rounds
-(a round is a human turn and the assistant turns that answer it) and start every segment after the
-first with the assistant answer that preceded its first question, so a follow-up question is trained
-with the answer it follows (segments overlap by that answer). A conversation's leading assistant turns
-stay at the start of its first segment the same way, and a trailing unanswered question is dropped.
-These context turns count in the segment's length. A context that leaves no room for its round's trained
-turns (Socratic: the question) is left out (counted); one that does stays even when the rest of the round
-then overflows (training truncates the untrained answer; the original kept the carried answer too).
-``carry_answer=False`` gives the behaviour before: every segment starts with a human turn and leading
-assistant turns are dropped (the default for ``--train-role gpt``, where a carried answer would be
-trained a second time).
+``cut="original"`` (the default) is the original's rule (PlatoLM's ``split_long_conversation.py``, after
+Vicuna's), with exact counts: turns join a segment one by one; when a turn makes it overflow, an *answer*
+stays in that segment (which then runs over ``max_length``: training truncates it) and also starts the
+next one; a *question* starts the next segment after the answer it follows. Either way every segment after
+the first starts with an answer, so a follow-up question is trained with the answer it follows.
+``cut="round"`` cuts between rounds (a round is a human turn and the assistant turns that answer it), so
+every segment fits: the question whose answer overflows moves to the next segment, after its context.
+A conversation's leading assistant turns stay at the start of its first segment the same way, and a
+trailing unanswered question is dropped. These context turns count in the segment's length. Under
+``round``, a context that leaves no room for its round's trained turns (Socratic: the question) is left
+out (counted); one that does stays even when the rest of the round then overflows.
+``carry_answer=False`` starts every segment with a human turn and drops leading assistant turns (the
+default for ``--train-role gpt``, where a carried answer would be trained a second time); under
+``original`` the overflowing answer then stays in its segment only.
+
+Segments of fewer than ``min_turns`` turns are dropped, then duplicates of an earlier segment: by the
+concatenated texts, as the original (``dedup_key="text"``), or by roles and texts (``"turns"``).
 
 A segment is counted exactly as ``model.dyadic`` renders and tokenises it for training: the system
 prompt of the trained role (``--train-role human`` = Socratic's prompt, the default; ``gpt`` = PlatoLM's;
@@ -19,11 +25,13 @@ tokenised with ``Template.add_special_tokens``. Segment ids are ``<id>_<k>`` (k 
 
 Linear time: each conversation is rendered and tokenised once with offsets; each turn's first character
 is mapped to a token index, so a segment's cost is estimated as ``system tokens + the tokens of its
-turns``; whether each round's context leaves room for its question is checked exactly (one batched call).
-Rounds are packed greedily on the estimate, and each planned segment is rendered and tokenised once more
-(one batched call per conversation) to check it exactly; if it overflows (a tokenisation seam that
-differs), its last round moves to the next segment. A single round longer than the limit is kept alone
-and reported (training truncates it).
+turns``. ``original``: each cut point found on the estimate is confirmed by the exact counts of the
+segment with and without the overflowing turn (one call), and moved a turn at a time where a tokenisation
+seam differs. ``round``: whether each round's context leaves room for its question is checked exactly
+(one batched call); rounds are packed greedily on the estimate, and each planned segment is rendered and
+tokenised once more (one batched call per conversation) to check it exactly; if it overflows, its last
+round moves to the next segment. A single round longer than the limit is kept alone and reported
+(training truncates it).
 """
 from __future__ import annotations
 
@@ -38,10 +46,13 @@ from model.dyadic import Template, default_system
 
 from data.clean import fingerprint
 
+CUTS = ("original", "round")
+DEDUP_KEYS = ("text", "turns")
 REPORT_ORDER = ("conversations", "conversations split", "segments written", "segments carrying an answer",
-                "context left out (would not fit)", "leading assistant turns kept as context",
-                "leading assistant turns dropped", "trailing unanswered questions dropped",
-                "conversations without a human turn", "short segments dropped", "duplicate segments dropped",
+                "segments ending on an overflowing answer", "context left out (would not fit)",
+                "leading assistant turns kept as context", "leading assistant turns dropped",
+                "trailing unanswered questions dropped", "conversations without a human turn",
+                "short segments dropped", "duplicate segments dropped", "cut points moved after the exact check",
                 "rounds moved after the exact check", "over-long single rounds kept")
 
 
@@ -88,9 +99,13 @@ class Splitter:
 
     def __init__(self, tokenizer, max_length: int = 2048, train_role: str = HUMAN, template: str = "dyadic",
                  system: str | None = None, min_turns: int = 2, dedup: bool = True, batch_size: int = 64,
-                 carry_answer: bool | None = None, keep_trailing_question: bool = False):
+                 carry_answer: bool | None = None, keep_trailing_question: bool = False, cut: str = "original",
+                 dedup_key: str = "text"):
         if max_length < 1:
             raise ValueError(f"max_length must be positive, not {max_length}")
+        if cut not in CUTS or dedup_key not in DEDUP_KEYS:
+            raise ValueError(f"cut must be one of {CUTS} and dedup_key one of {DEDUP_KEYS}")
+        self.cut, self.dedup_roles = cut, dedup_key == "turns"
         self.tokenizer, self.max_length, self.train_role = tokenizer, max_length, train_role
         self.template = Template(tokenizer, template)
         self.system, self.min_turns, self.dedup, self.batch_size = system, min_turns, dedup, batch_size
@@ -150,7 +165,7 @@ class Splitter:
             self.counts["short segments dropped"] += 1
             return False
         if self.dedup:
-            key = fingerprint(seg.turns)
+            key = fingerprint(seg.turns, self.dedup_roles)
             if key in self.seen:
                 self.counts["duplicate segments dropped"] += 1
                 return False
@@ -159,19 +174,71 @@ class Splitter:
 
     def _segments(self, conv: Conversation, turns: list[Turn], system: str, rendered, n_tokens: int,
                   offsets) -> Iterator[Conversation]:
-        def segment(k: int, lo: int, hi: int) -> Conversation:
-            return Conversation(f"{conv.id}_{k}", turns[lo:hi], conv.system, conv.extra)
-
         if n_tokens <= self.max_length:  # exact already: the whole conversation fits
-            yield segment(0, 0, len(turns))
+            yield Conversation(f"{conv.id}_0", turns, conv.system, conv.extra)
             return
-        starts = round_starts(turns)
-        bounds = starts + [len(turns)]
         sys_cost, edges = self.estimate(rendered, system, n_tokens, offsets)
 
         def cost(lo: int, hi: int) -> int:
             return sys_cost + edges[hi] - edges[lo]
 
+        cuts = self._original_cuts if self.cut == "original" else self._round_cuts
+        k = 0
+        for k, (lo, hi) in enumerate(cuts(conv.id, turns, system, cost)):
+            yield Conversation(f"{conv.id}_{k}", turns[lo:hi], conv.system, conv.extra)
+        if k:
+            self.counts["conversations split"] += 1
+
+    def _original_cuts(self, conv_id: str, turns: list[Turn], system: str, cost) -> Iterator[tuple[int, int]]:
+        """The original's cut points (split_long_conversation.py), counted exactly: turns join the segment one by
+        one; when one overflows, an *answer* stays (the segment runs over) and starts the next segment, a
+        *question* starts the next segment after the answer before it (without carry: the next segment starts
+        with the next question). A last answer that overflows opens no segment. A first turn that alone
+        overflows stays (the original wrote an empty segment there), and a segment that would hold the carried
+        answer alone (its question overflowed at once) is not written (the original's next step dropped it)."""
+        n, lo, scan, k = len(turns), 0, 1, 0
+        while True:
+            idx = self._first_overflow(turns, system, cost, lo, scan)
+            answer = idx is not None and turns[idx].role != HUMAN
+            hi = n if idx is None else idx + 1 if answer else idx
+            if any(t.role == HUMAN for t in turns[lo:hi]):
+                self.counts["segments carrying an answer"] += k > 0 and turns[lo].role != HUMAN
+                if answer:
+                    self.counts["segments ending on an overflowing answer"] += 1
+                    self.too_long.append(f"{conv_id}_{k}")
+                yield lo, hi
+                k += 1
+            if idx is None or idx == n - 1:
+                return
+            if self.carry_answer:
+                lo = idx if answer else idx - 1 if turns[idx - 1].role != HUMAN else idx
+            else:
+                lo = idx + 1 if answer else idx
+            scan = max(idx + 1, lo + 1)
+
+    def _first_overflow(self, turns: list[Turn], system: str, cost, lo: int, scan: int) -> int | None:
+        """The first turn index from ``scan`` on whose addition makes ``turns[lo:]`` exceed max_length, exactly
+        (None: the rest fits). The estimate guesses; exact counts of the two segments around the guess confirm
+        it or move it one turn at a time."""
+        n = len(turns)
+        j = next((i + 1 for i in range(scan, n) if cost(lo, i + 1) > self.max_length), n + 1)
+        guess, exact = j, {}
+        while True:
+            need = [x for x in (j - 1, j) if scan < x <= n and x not in exact]
+            if need:
+                exact.update(zip(need, self.lengths([turns[lo:x] for x in need], system)))
+            if j <= n and exact[j] <= self.max_length:
+                j += 1
+            elif j - 1 > scan and exact[j - 1] > self.max_length:
+                j -= 1
+            else:
+                self.counts["cut points moved after the exact check"] += j != guess
+                return j - 1 if j <= n else None
+
+    def _round_cuts(self, conv_id: str, turns: list[Turn], system: str, cost) -> Iterator[tuple[int, int]]:
+        """Cuts between rounds (``--cut round``): segments that fit, each later one carrying its context."""
+        starts = round_starts(turns)
+        bounds = starts + [len(turns)]
         context = self._contexts(turns, starts, bounds, system)
 
         def plan(i: int) -> list[tuple[int, int, int]]:
@@ -191,14 +258,12 @@ class Splitter:
             pending = plan(i)
             # the exact check, all planned segments in one tokenizer call
             for (lo, a, b), exact in zip(pending, self.lengths([turns[lo:bounds[b]] for lo, a, b in pending], system)):
-                end = self._fit(conv.id, k, turns, system, bounds, lo, a, b, exact)
+                end = self._fit(conv_id, k, turns, system, bounds, lo, a, b, exact)
                 self._count_context(turns, starts, k, lo, a)
-                yield segment(k, lo, bounds[end])
+                yield lo, bounds[end]
                 k, i = k + 1, end
                 if end != b:  # the rest of the plan started from the wrong round: plan again from here
                     break
-        if k > 1:
-            self.counts["conversations split"] += 1
 
     def _fit(self, conv_id: str, k: int, turns: list[Turn], system: str, bounds: list[int], lo: int, a: int,
              b: int, exact: int) -> int:
@@ -265,7 +330,7 @@ class Splitter:
     def restore(self, state: dict, written: Iterable[Conversation]) -> None:
         """Continue a resumed run: its counters, and the duplicate filter rebuilt from its output."""
         self.counts, self.too_long = Counter(state["counts"]), list(state["too_long"])
-        self.seen = {fingerprint(seg.turns) for seg in written} if self.dedup else set()
+        self.seen = {fingerprint(seg.turns, self.dedup_roles) for seg in written} if self.dedup else set()
 
     def report(self) -> str:
         lines = [f"  {self.counts[name]:>8}  {name}" for name in REPORT_ORDER

@@ -8,14 +8,17 @@ datasets directories), side by side:
   diagonal. For unit vectors the sum of all pairwise cosines is ``|sum_i e_i|^2``, so the mean is
   exact in O(N d) time with one block of rows in memory: 100K+ questions never build the N x N matrix.
   Embeddings come from the local MiniLM (``--embedder minilm``, offline, the default) or an
-  OpenAI-compatible endpoint (``--embedder openai``: text-embedding-ada-002, the paper's; cached per batch);
-  the report names the embedder used;
+  OpenAI-compatible endpoint (``--embedder openai``: text-embedding-ada-002, the paper's; as the original's
+  openai_embed.py, each text cut to its first 2,048 tokens in the model's tiktoken encoding and sent in
+  batches of 16; cached per batch); the report names the embedder used;
 * lexical diversity: mean MTLD per question (``lexicalrichness``, threshold 0.72); questions without
   a countable word are skipped and counted;
 * human-likeness (``--detector SPEC``): share of questions a detector takes for human-written (the paper's
-  was a private service). SPEC is anything ``eval.detector.load_detector`` accepts (``default``: the offline
-  detector trained on ShareGPT; a saved detector; ``judge:MODEL[@URL]``; a Hugging Face classifier
-  directory) or a classifier's hub name; ``--human-label`` names a classifier's human label;
+  was a private service). ``--questions by-position`` scores the turns at even positions of each session
+  (0, 2, 4, ...), as the original's cli_detector.py took its questions; the default takes the human turns.
+  SPEC is anything ``eval.detector.load_detector`` accepts (``default``: the offline detector trained on
+  ShareGPT; a saved detector; ``judge:MODEL[@URL]``; a Hugging Face classifier directory) or a classifier's
+  hub name; ``--human-label`` names a classifier's human label;
 * judge scores (``--judge`` / ``--judge-model``): complexity, relevancy, logicality and diversity of every
   session's questions (or a random ``--sample N``), 1-10, from any OpenAI-compatible model (the paper:
   gpt-3.5-turbo-16k); resumable judgment file. ``--prompt-file`` replaces this project's prompt; the
@@ -63,6 +66,8 @@ MTLD_THRESHOLD = 0.72
 CRITERIA = ("complexity", "relevancy", "logicality", "diversity")
 PAPER_JUDGE_MODEL = "gpt-3.5-turbo-16k"  # the original's cli_chatgpt.py
 PAPER_EMBEDDING_MODEL = "text-embedding-ada-002"  # the original's openai_embed.py
+EMBED_MAX_TOKENS, EMBED_BATCH = 2048, 16  # ... which cut every text to 2,048 tiktoken tokens and sent 16 at a time
+QUESTION_CHOICES = ("role", "by-position")
 MINILM = "all-MiniLM-L6-v2"
 CONVERSATION = "{conversation}"
 DEFAULT_PROMPT = """You will read a conversation between a human and an AI assistant. Judge only the human's \
@@ -143,13 +148,44 @@ def embed_minilm(questions: Sequence[str], batch_size: int = 64) -> np.ndarray:
     return minilm_embedder(batch_size)(questions)
 
 
+def embedding_encoding(model: str):
+    """The tiktoken encoding of an embedding model (unknown names: text-embedding-ada-002's cl100k_base), or
+    None when tiktoken cannot load it (its files are downloaded once; offline and uncached they are missing)."""
+    try:
+        import tiktoken
+
+        try:
+            return tiktoken.encoding_for_model(model)
+        except KeyError:
+            return tiktoken.get_encoding("cl100k_base")
+    except Exception as err:  # noqa: BLE001 - ImportError, or the download failing
+        print(f"warning: no tiktoken encoding for {model} ({type(err).__name__}: {err}); texts are sent whole, "
+              f"not cut to {EMBED_MAX_TOKENS} tokens as the original did", file=sys.stderr)
+        return None
+
+
+def truncate_for_embedding(texts: Sequence[str], encoding, max_tokens: int = EMBED_MAX_TOKENS) -> list[str]:
+    """The original's ``preprocess_text``: each text cut to its first ``max_tokens`` tokens of ``encoding``
+    (it sent those token ids; the decoded prefix is sent here, which any OpenAI-compatible server takes)."""
+    if encoding is None:
+        return list(texts)
+    out = []
+    for text in texts:
+        ids = encoding.encode(text, disallowed_special=())
+        out.append(encoding.decode(ids[:max_tokens]) if len(ids) > max_tokens else text)
+    return out
+
+
 def embed_openai(questions: Sequence[str], model: str, base_url: str | None, key_env: str,
-                 cache_dir: Path, batch_size: int = 256, parallel: int = 4, max_retries: int = 5) -> np.ndarray:
-    """Embeddings from an OpenAI-compatible endpoint, batch by batch.
+                 cache_dir: Path, batch_size: int = EMBED_BATCH, parallel: int = 4, max_retries: int = 5,
+                 encoding: object = "auto") -> np.ndarray:
+    """Embeddings from an OpenAI-compatible endpoint, batch by batch, each text cut to EMBED_MAX_TOKENS tokens
+    of ``encoding`` ("auto": the model's tiktoken encoding, :func:`embedding_encoding`; None: not cut).
 
     Each finished batch is saved as ``cache_dir/<sha256 of model and texts>.npy``, so a rerun (after a
     crash, or on the same corpus) pays only for the batches it does not have yet.
     """
+    questions = truncate_for_embedding(questions, embedding_encoding(model) if encoding == "auto" else encoding)
     ep = Endpoint(base_url, model, key_env, max_retries, what="embedder")
     batches = [list(questions[i:i + batch_size]) for i in range(0, len(questions), batch_size)]
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -277,10 +313,18 @@ def make_embedder(args) -> tuple[str, Callable[[Sequence[str]], np.ndarray]]:
         parallel=args.concurrency, max_retries=args.max_retries)
 
 
+def select_questions(convs: Sequence[Conversation], how: str = "role") -> list[str]:
+    """The questions of a corpus: its human turns, or (``by-position``) the turns at even positions of each
+    session, as the original's human-like ratio read them (cli_detector.py: ``idx % 2 == 0``)."""
+    if how == "by-position":
+        return [t.text for c in convs for i, t in enumerate(c.turns) if i % 2 == 0]
+    return [t.text for c in convs for t in c.turns if t.role == HUMAN]
+
+
 def evaluate(args, data: str, name: str, embedder, detector, tokenizer) -> dict:
     """Every measure for one corpus."""
     convs, summary = load_conversations(data, args.strict)
-    questions = [t.text for c in convs for t in c.turns if t.role == HUMAN]
+    questions = select_questions(convs)
     if len(questions) < 2:
         raise UsageError(f"{data}: {len(questions)} questions; at least two are needed")
     from data.stats import CorpusStats
@@ -297,8 +341,10 @@ def evaluate(args, data: str, name: str, embedder, detector, tokenizer) -> dict:
         "embedder": embedder_name, "skipped_records": summary.total, "stats": stats,
     }
     if detector is not None:
-        result["human_ratio"] = round(float(np.mean(detector.is_human(questions))), 4)
+        scored = select_questions(convs, args.questions)
+        result["human_ratio"] = round(float(np.mean(detector.is_human(scored))), 4)
         result["detector"], result["detector_accuracy"] = detector.name, detector.accuracy
+        result["human_ratio_questions"], result["human_ratio_num_questions"] = args.questions, len(scored)
     if args.judge_model:
         result["judge"] = judge_sessions(convs, args, judgment_path(args, data, name))
     if summary.total:
@@ -339,6 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detector", help="human-likeness detector: 'default' (offline, trained on ShareGPT), a saved "
                                       "detector, judge:MODEL[@URL], or a Hugging Face classifier (path or hub name)")
     p.add_argument("--human-label", default="Human", help="a Hugging Face detector's label for human-written text")
+    p.add_argument("--questions", default="role", choices=QUESTION_CHOICES,
+                   help="the turns the human-like ratio scores: the human turns (default), or by-position: turns "
+                        "0, 2, 4, ... of each session, as the original's cli_detector.py (the published ratios)")
     p.add_argument("--judge", action="store_true", help=f"judge the questions with {PAPER_JUDGE_MODEL} (the paper's)")
     p.add_argument("--judge-model", help="judge the questions with this model (implies --judge)")
     p.add_argument("--judge-base-url", help="OpenAI-compatible endpoint for the judge")

@@ -40,9 +40,11 @@ very start of the text (``legacy=False``) and keeps the space of ``"Human: "`` a
 before ``<s>``: the first token of every turn and of every role prefix differs from the original.
 :func:`match_slow_llama` makes such a tokenizer give the slow tokenizer's ids (``▁`` prefix on every
 piece, and ``<s>``/``</s>`` that absorb the whitespace around them); the trainer applies it by default
-(``--tokenization original``) to dyadic runs, and the saved tokenizer keeps it. Tokenizers that are not
-sentencepiece-style (SmolLM2's byte-level BPE, the tests' tiny one) are left as they are. A literal
-special-token string inside a message (``<s>`` in a question about LLaMA) is read as that special token,
+(``--tokenization original``) to dyadic runs, and the saved tokenizer keeps it; :func:`training_tokenizer` is
+the one place that applies the option, for the trainer and for every tool that counts tokens for training
+(``python -m model.dyadic --tokenization``, ``data.prepare split|stats|seeds``, the simulator's budget).
+Tokenizers that are not sentencepiece-style (SmolLM2's byte-level BPE, the tests' tiny one) are left as they
+are. A literal special-token string inside a message (``<s>`` in a question about LLaMA) is read as that special token,
 by the original's tokenizer as by these (the whitespace around it dropped, as there); the trained span
 still covers the whole turn. tests/test_tokenizer_parity.py checks ids *and* labels against sentencepiece
 driven as the 4.28 slow tokenizer drove it, with the original ``preprocess``'s masking. (transformers 5's
@@ -53,7 +55,8 @@ generation than in training; here the saved tokenizer serves both.
 
 Learned end of conversation: a Socratic trained with ``--end_token`` writes :data:`END_OF_CONVERSATION`
 as the human's next turn after the last answer of a conversation that really ended
-(:func:`really_ended`).
+(:func:`really_ended`). ``--end_style original`` is the original's untested experiment instead
+(:data:`LEARNED_ENDS`): the reply ``<e>``, one token added to the vocabulary, under its own system prompt.
 
 Usage::
 
@@ -91,6 +94,31 @@ ROLE_PREFIX = {HUMAN: "Human: ", GPT: "Assistant: "}
 # The human turn a simulator trained with --end_token writes when the conversation is over (plain text:
 # any server can return it, no special token is needed).
 END_OF_CONVERSATION = "<|end_of_conversation|>"
+# The original's untested experiment (model/sft_socratic/source/utils.py, `sft_usergpt_end_test`; the `<e>` token
+# is commented out in its build_model): Socratic ends by replying <e>, under this system prompt (verbatim,
+# with its missing space after "context.").
+ORIGINAL_END_SYSTEM = (
+    "A chat between a curious human and an artificial intelligence assistant. The human can ask further questions "
+    "based on assistant's answers above, or he can directly ask questions without context.When the human thinks "
+    "that the assistant's answer is clear enough for him, the human will end the conversation by replying <e>, "
+    "where <e> is a word that has no semantic meaning and simply means that the human considers that the "
+    "conversation should end at this point.\n\n"
+)
+
+
+@dataclass(frozen=True)
+class LearnedEnd:
+    """How Socratic learns to end a conversation (trainer ``--end_token --end_style NAME``): the human turn it
+    writes, whether that is one token added to the vocabulary (its embeddings start as the mean, like ``<pad>``),
+    and the system prompt it trains and is simulated with (None: the role's own)."""
+    marker: str
+    added_token: bool = False
+    system: str | None = None
+
+
+LEARNED_ENDS = {"project": LearnedEnd(END_OF_CONVERSATION),
+                "original": LearnedEnd("<e>", added_token=True, system=ORIGINAL_END_SYSTEM)}
+END_MARKERS = frozenset(end.marker for end in LEARNED_ENDS.values())
 IGNORE_INDEX = -100
 _SENTINEL = "\uE000PLATOLM_NEXT_TURN\uE000"  # private-use chars: never in real text
 
@@ -285,14 +313,12 @@ def install_chat_template(tokenizer, role: str) -> str:
 
 # -- tokenizer parity with the original's slow LLaMA tokenizer ----------------------------------------
 
-def match_slow_llama(tokenizer) -> bool:
-    """Make a sentencepiece-style (Metaspace) fast tokenizer tokenise as the original's slow one; True if changed.
+TOKENIZATIONS = ("original", "as_loaded")  # the trainer's --tokenization, and every tool that counts for it
 
-    Every piece between special tokens gets sentencepiece's ``▁`` prefix (``legacy`` Metaspace, saved in
-    the tokenizer's config), and the special tokens (``<s>``, ``</s>``, ``<unk>``, an added ``<pad>``) absorb
-    the whitespace on both sides, as transformers 4.28 stripped it around special tokens the original re-added
-    as plain strings. Other tokenizers (byte-level BPE ...) are left alone.
-    """
+
+def _legacy_metaspace(tokenizer, strip_around_specials: bool) -> bool:
+    """``▁`` before every piece between special tokens; special tokens that absorb the whitespace next to
+    them or not. False (nothing changed) for a tokenizer that is not sentencepiece-style (Metaspace)."""
     from tokenizers import AddedToken, pre_tokenizers
 
     backend = getattr(tokenizer, "backend_tokenizer", None)
@@ -303,9 +329,68 @@ def match_slow_llama(tokenizer) -> bool:
                                                      split=pre.split)
     tokenizer.legacy = True
     tokenizer.init_kwargs["legacy"] = True  # transformers rebuilds the pre-tokenizer from it on loading
-    backend.add_special_tokens([AddedToken(t, lstrip=True, rstrip=True, special=True, normalized=False)
+    strip = strip_around_specials
+    backend.add_special_tokens([AddedToken(t, lstrip=strip, rstrip=strip, special=True, normalized=False)
                                 for t in tokenizer.all_special_tokens])
     return True
+
+
+def match_slow_llama(tokenizer) -> bool:
+    """Make a sentencepiece-style (Metaspace) fast tokenizer tokenise as the original's slow one; True if changed.
+
+    Every piece between special tokens gets sentencepiece's ``▁`` prefix (``legacy`` Metaspace, saved in
+    the tokenizer's config), and the special tokens (``<s>``, ``</s>``, ``<unk>``, an added ``<pad>``) absorb
+    the whitespace on both sides, as transformers 4.28 stripped it around special tokens the original re-added
+    as plain strings. Other tokenizers (byte-level BPE ...) are left alone.
+    """
+    return _legacy_metaspace(tokenizer, strip_around_specials=True)
+
+
+def match_original_server(tokenizer) -> bool:
+    """Make a sentencepiece-style tokenizer count as the original's generation server did; True if changed.
+
+    That server loaded the Socratic checkpoint with transformers 4.28's *fast* tokenizer: ``▁`` before every
+    piece, as the slow one, but the whitespace next to a special token kept (``"Human: <s>"`` has a ``▁`` piece
+    before ``<s>``). Used only to count the session budget as the original did (data.simulate
+    ``--budget-count original-server``); training and generation use :func:`training_tokenizer`.
+    """
+    return _legacy_metaspace(tokenizer, strip_around_specials=False)
+
+
+def training_tokenizer(tokenizer, tokenization: str = "original", template: str = "dyadic"):
+    """The tokenizer exactly as training tokenises with it under ``--tokenization`` (the trainer's option and
+    default): ``original`` gives a sentencepiece-style tokenizer the original's slow LLaMA ids
+    (:func:`match_slow_llama`) for the dyadic template; ``as_loaded`` and other tokenizers stay as loaded.
+
+    ``tokenizer`` is a tokenizer (adjusted in place) or a path, hub name or ``smollm2`` (loaded). The trainer,
+    ``python -m model.dyadic``, ``data.prepare split|stats|seeds`` and the simulator's budget all come here,
+    so a length counted before training is the length training encodes.
+    """
+    if tokenization not in TOKENIZATIONS:
+        raise ValueError(f"unknown tokenization {tokenization!r}; choose one of {TOKENIZATIONS}")
+    if isinstance(tokenizer, (str, Path)):
+        from core.assets import load_tokenizer
+
+        tokenizer = load_tokenizer(tokenizer)
+    if template == "dyadic" and tokenization == "original":
+        match_slow_llama(tokenizer)
+    return tokenizer
+
+
+def tokenises_as_slow_llama(tokenizer) -> bool:
+    """Whether ``tokenizer`` now gives the original slow LLaMA tokenizer's ids (:func:`match_slow_llama` ran)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if getattr(getattr(backend, "pre_tokenizer", None), "prepend_scheme", None) != "always":
+        return False
+    eos = next((t for t in backend.get_added_tokens_decoder().values() if t.content == tokenizer.eos_token), None)
+    return eos is not None and eos.lstrip and eos.rstrip
+
+
+def describe_tokenization(tokenizer, tokenization: str) -> str:
+    """One line for reports: which tokenization a length was counted in."""
+    if tokenises_as_slow_llama(tokenizer):
+        return f"tokenization {tokenization}: the original's slow LLaMA tokenizer's ids"
+    return f"tokenization {tokenization}: the tokenizer as loaded"
 
 
 # -- learned end of conversation -----------------------------------------------------------------
@@ -487,6 +572,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", required=True, help="ShareGPT or OpenAI-messages file (JSON array or JSONL)")
     p.add_argument("--train-role", required=True, choices=[HUMAN, GPT])
     p.add_argument("--template", default="dyadic", choices=TEMPLATES)
+    p.add_argument("--tokenization", default="original", choices=TOKENIZATIONS,
+                   help="as the trainer's --tokenization (default original: a LLaMA-style tokenizer gives the "
+                        "original's slow-tokenizer ids; as_loaded: as transformers loads it)")
     p.add_argument("--max-length", type=int, default=2048)
     p.add_argument("--system", default=None, help="override the system prompt")
     p.add_argument("--strict", action="store_true", help="stop at the first bad record")
@@ -496,11 +584,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.out and not args.show:
         p.error("give --out, --show N, or both")
 
-    from core.assets import load_tokenizer
-
     if not Path(args.data).is_file():
         raise UsageError(f"{args.data}: no such file")
-    encoder = Encoder(load_tokenizer(args.tokenizer), args.train_role, args.template, args.max_length, args.system)
+    encoder = Encoder(training_tokenizer(args.tokenizer, args.tokenization, args.template), args.train_role,
+                      args.template, args.max_length, args.system)
     tokenizer = encoder.tokenizer
     summary = BadRecordSummary()
     kept = shown = 0

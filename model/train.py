@@ -14,7 +14,8 @@ Run it through them, from the repo root::
 Options: model (``--model_name_or_path``, ``--attn_implementation``, ``--dtype``, ``--pad_token reuse|add``),
 LoRA/QLoRA (``--lora``, ``--lora_r``, ...), data (``--data_path`` file or datasets name, ``--template
 dyadic|chat``, ``--tokenization original|as_loaded``, ``--model_max_length``, ``--packing``,
-``--eval_ratio``/``--eval_seed``, ``--end_token``), and every ``transformers.TrainingArguments`` flag.
+``--eval_ratio``/``--eval_seed``/``--row_order``, ``--end_token``/``--end_style``), and every
+``transformers.TrainingArguments`` flag.
 ``--config RECIPE.yaml`` sets defaults for any of them; flags on the command line win.
 
 Two kinds of recipe. ``recipes/*_7b_paper.yaml`` reproduce the original's ``sft_7b.sh``: one conversation
@@ -28,7 +29,7 @@ into 2048-token rows (fewer, fuller rows, so fewer optimizer steps per epoch) an
 different backbones with the same recipe (``scripts/paper_backbones.sh``).
 
 Dyadic runs with a sentencepiece (LLaMA-style) tokenizer tokenise as the original's slow tokenizer did
-(``--tokenization original``, model.dyadic.match_slow_llama), and every tokenizer the trainer saves
+(``--tokenization original``, model.dyadic.training_tokenizer), and every tokenizer the trainer saves
 (checkpoints and the final save) carries the role's dyadic chat template (model.dyadic), so ``vllm serve``
 renders the trained format; Socratic's template opens the *human* turn. ``--template chat`` runs keep the
 base model's own template, which writes assistant turns only: serve such a Socratic with ``model.serve
@@ -36,11 +37,13 @@ base model's own template, which writes assistant turns only: serve such a Socra
 
 ``--eval_ratio`` holds conversations out (drawn as the original drew them, ``--eval_seed``, default 125),
 writes them to ``eval_split.jsonl`` and evaluates them every ``--eval_steps`` with ``--eval_strategy steps``
-(else once at the end); ``loss.png`` shows the training and held-out losses. ``--end_token`` (Socratic only)
-teaches the simulator to write model.dyadic.END_OF_CONVERSATION as the human's next turn after the last
-answer of every conversation that really ended (model.dyadic.really_ended: the record says so, a simulated
-session the simulator ended itself, a conversation without a segment suffix, or its last segment);
-``platolm_run.json`` then names the marker (``end_of_conversation``).
+(else once at the end); the training rows stay in the draw's permutation order, as the original's did
+(``--row_order file`` keeps the data file's order); ``loss.png`` shows the training and held-out losses.
+``--end_token`` (Socratic only) teaches the simulator to write model.dyadic.END_OF_CONVERSATION as the
+human's next turn after the last answer of every conversation that really ended (model.dyadic.really_ended:
+the record says so, a simulated session the simulator ended itself, a conversation without a segment
+suffix, or its last segment); ``--end_style original`` is the original's untested ``<e>`` experiment
+instead (model.dyadic.LEARNED_ENDS); ``platolm_run.json`` then names the marker (``end_of_conversation``).
 
 The run resumes by itself from the last ``checkpoint-*`` in ``--output_dir``; Ctrl-C (single process)
 finishes the step, saves a checkpoint and exits with 130, so rerunning the same command continues.
@@ -67,8 +70,8 @@ from transformers import HfArgumentParser, TrainingArguments
 
 from core.conversation import (GPT, HUMAN, BadRecord, BadRecordSummary, Turn, atomic_write, iter_conversations,
                                 parse_record, write_jsonl)
-from model.dyadic import (END_OF_CONVERSATION, TEMPLATES, Encoder, install_chat_template, match_slow_llama,
-                          really_ended)
+from model.dyadic import (LEARNED_ENDS, TEMPLATES, TOKENIZATIONS, Encoder, install_chat_template, really_ended,
+                          tokenises_as_slow_llama, training_tokenizer)
 from core.errors import UsageError
 from core.runner import command
 from model.packing import (PackingCollator, PaddingCollator, Rows, pack_bins, padding_efficiency,
@@ -79,7 +82,7 @@ LOSS_PLOT = "loss.png"
 EVAL_SPLIT = "eval_split.jsonl"
 PAD_MODES = ("reuse", "add")
 DEFAULT_PAD_TOKEN = "<pad>"  # the original's
-TOKENIZATIONS = ("original", "as_loaded")
+ROW_ORDERS = ("permutation", "file")
 ENCODING_VERSION = 2  # bump when the encoded columns change, to invalidate cached tokenisations
 
 
@@ -124,16 +127,25 @@ class DataArguments:
     template: str = field(default="dyadic", metadata={"help": "prompt template", "choices": list(TEMPLATES)})
     tokenization: str = field(default="original", metadata={
         "help": "dyadic runs with a sentencepiece (LLaMA-style) tokenizer: 'original' tokenises as the original's "
-                "slow LlamaTokenizer did (model.dyadic.match_slow_llama), 'as_loaded' as transformers loads it; "
+                "slow LlamaTokenizer did (model.dyadic.training_tokenizer), 'as_loaded' as transformers loads it; "
                 "other tokenizers are used as loaded either way", "choices": list(TOKENIZATIONS)})
     model_max_length: int = field(default=2048, metadata={"help": "tokens per conversation / packed row"})
     eval_ratio: float = field(default=0.0, metadata={
         "help": "fraction of conversations held out for eval (written to eval_split.jsonl in --output_dir)"})
     eval_seed: int = field(default=125, metadata={
         "help": "seed of the held-out split (the original: numpy seed 125, the last 5%% of a permutation)"})
+    row_order: str = field(default="permutation", metadata={
+        "help": "with --eval_ratio: the training rows in the held-out draw's permutation order, as the original "
+                "(so the sampler's batches are the original's), or in the data 'file' order",
+        "choices": list(ROW_ORDERS)})
     end_token: bool = field(default=False, metadata={
-        "help": "Socratic: learn to write model.dyadic.END_OF_CONVERSATION as the human's next turn after the "
-                "last answer of conversations that really ended (model.dyadic.really_ended)"})
+        "help": "Socratic: learn to write an end marker as the human's next turn after the last answer of "
+                "conversations that really ended (model.dyadic.really_ended)"})
+    end_style: str = field(default="project", metadata={
+        "help": "--end_token's marker: 'project' = model.dyadic.END_OF_CONVERSATION as plain text under the "
+                "paper's system prompt; 'original' = the original's untested experiment: <e>, added to the "
+                "vocabulary, under its own system prompt (model.dyadic.LEARNED_ENDS)",
+        "choices": list(LEARNED_ENDS)})
     packing: bool = field(default=True, metadata={
         "help": "pack conversations into rows of model_max_length (false: one per row, padded)"})
     system_prompt: str | None = field(default=None, metadata={
@@ -453,7 +465,7 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 
 def _encode_rows(batch: dict, encoder: Encoder, file: str, default_system: str,
-                 ended: frozenset = frozenset()) -> dict:
+                 ended: frozenset = frozenset(), end_marker: str = "") -> dict:
     """One encoded row per record, in the records' order (row i of the result is record i: the held-out split
     is written from the records by position)."""
     out = {"id": [], "input_ids": [], "labels": [], "length": [], "bad": []}
@@ -473,7 +485,7 @@ def _encode_rows(batch: dict, encoder: Encoder, file: str, default_system: str,
         if conv.system is None:  # the package's prompt is the fallback (an explicit override still wins)
             conv.system = default_system
         if conv.id in ended and conv.turns[-1].role == GPT:
-            conv.turns.append(Turn(HUMAN, END_OF_CONVERSATION))
+            conv.turns.append(Turn(HUMAN, end_marker))
         convs.append(conv)
     rows = encoder.encode_many(convs, file)  # one per good record, in order
     for rid, bad in zip(batch["id"], batch["bad"]):
@@ -500,7 +512,7 @@ def ended_ids(records) -> frozenset:
 def encode_records(records, data_hash: str, tokenizer, train_role: str, default_system: str,
                    data_args: DataArguments, ended: frozenset = frozenset()):
     """Tokenise with ``datasets.map``; the cache key covers data, tokenizer, role, template, length, prompt
-    and the end marker (``ended``: ids whose conversation gets END_OF_CONVERSATION as a last human turn).
+    and the end marker (``ended``: ids whose conversation gets ``--end_style``'s marker as a last human turn).
 
     Returns (encoded dataset, whether it came from the cache).
     """
@@ -511,7 +523,7 @@ def encode_records(records, data_hash: str, tokenizer, train_role: str, default_
     key = hashlib.sha256(json.dumps([ENCODING_VERSION, data_hash, records._fingerprint,
                                      tokenizer_fingerprint(tokenizer), train_role, data_args.template,
                                      data_args.model_max_length, data_args.system_prompt,
-                                     default_system, bool(ended)]).encode()).hexdigest()[:24]
+                                     default_system, bool(ended) and data_args.end_style]).encode()).hexdigest()[:24]
     cache_file, cached = None, False
     if records.cache_files:
         folder = Path(records.cache_files[0]["filename"]).parent
@@ -521,8 +533,8 @@ def encode_records(records, data_hash: str, tokenizer, train_role: str, default_
                          "labels": List(Value("int32")), "length": Value("int32"), "bad": Value("string")})
     encoded = records.map(_encode_rows, batched=True, remove_columns=records.column_names, features=features,
                           fn_kwargs={"encoder": encoder, "file": data_args.data_path,
-                                     "default_system": default_system,
-                                     "ended": ended},
+                                     "default_system": default_system, "ended": ended,
+                                     "end_marker": LEARNED_ENDS[data_args.end_style].marker},
                           new_fingerprint=key, cache_file_name=cache_file,
                           num_proc=data_args.preprocessing_num_workers, desc="tokenising")
     return encoded, cached
@@ -542,18 +554,22 @@ def split_bad(encoded, data_args: DataArguments, summary: BadRecordSummary) -> l
     return good
 
 
-def split_eval(n: int, ratio: float, seed: int) -> tuple[list[int], list[int]]:
+def split_eval(n: int, ratio: float, seed: int, order: str = "permutation") -> tuple[list[int], list[int]]:
     """A fixed random held-out split, (train positions, eval positions), drawn as the original drew it.
 
     ``np.random.seed(seed); perm = np.random.permutation(n)``; the first ``int(n * (1 - ratio))`` train, the
     rest eval (at the original's seed 125 and 5%: the same conversations, given the same usable records).
-    At least one of each when ``0 < ratio`` and ``n > 1``.
+    At least one of each when ``0 < ratio`` and ``n > 1``. ``order``: the positions in the permutation's order,
+    as the original's rows were (the sampler then draws the original's batches), or sorted (``file``).
     """
     if ratio <= 0:
         return list(range(n)), []
-    order = np.random.RandomState(seed).permutation(n)
+    if order not in ROW_ORDERS:
+        raise ValueError(f"row order must be one of {ROW_ORDERS}, not {order!r}")
+    perm = np.random.RandomState(seed).permutation(n)
     n_train = min(max(int(n * (1 - ratio)), 1), n - 1) if n > 1 else n
-    return sorted(order[:n_train].tolist()), sorted(order[n_train:].tolist())
+    train, held = perm[:n_train].tolist(), perm[n_train:].tolist()
+    return (train, held) if order == "permutation" else (sorted(train), sorted(held))
 
 
 def make_rows(encoded, packing: bool, max_length: int) -> tuple[Rows, list[int]]:
@@ -672,12 +688,17 @@ def check_options(train_role: str, model_args: ModelArguments, lora_args: LoraAr
 
 def load_tokenizer(model_path: str, model_args: ModelArguments, data_args: DataArguments):
     """(tokenizer, pad token, whether it now tokenises as the original's slow LLaMA tokenizer)."""
+    from tokenizers import AddedToken
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     pad = ensure_pad_token(tokenizer, model_args.pad_token)  # the original's order: <pad> first, then the others
-    slow = data_args.template == "dyadic" and data_args.tokenization == "original" and match_slow_llama(tokenizer)
-    return tokenizer, pad, slow
+    end = LEARNED_ENDS[data_args.end_style]
+    if data_args.end_token and end.added_token:  # one new id; its embeddings start as the mean (load_model)
+        # not flagged special (the original's was its sep_token): generation skips special tokens when decoding
+        tokenizer.add_tokens([AddedToken(end.marker, normalized=False, special=False)])
+    training_tokenizer(tokenizer, data_args.tokenization, data_args.template)
+    return tokenizer, pad, tokenises_as_slow_llama(tokenizer)
 
 
 @dataclass
@@ -707,7 +728,7 @@ def prepare_data(tokenizer, train_role: str, system_prompt: str, data_args: Data
     say(summary.report())
     if not good:
         raise UsageError(f"no usable conversation in {data_args.data_path}")
-    train_pos, eval_pos = split_eval(len(good), data_args.eval_ratio, data_args.eval_seed)
+    train_pos, eval_pos = split_eval(len(good), data_args.eval_ratio, data_args.eval_seed, data_args.row_order)
     usable = encoded.select(good)
     train_rows, train_tokens = make_rows(usable.select(train_pos), data_args.packing, data_args.model_max_length)
     eval_rows = make_rows(usable.select(eval_pos), data_args.packing, data_args.model_max_length)[0] \
@@ -734,7 +755,8 @@ def run_record(train_role: str, system_prompt: str, model_args, lora_args, data_
         "eval_split": {"ratio": data_args.eval_ratio, "seed": data_args.eval_seed,
                        "file": EVAL_SPLIT if data.n_eval else None},
         "bad_records": dict(data.summary.counts), "rows": len(data.train_rows),
-        "end_of_conversation": END_OF_CONVERSATION if data_args.end_token else None,
+        "end_of_conversation": LEARNED_ENDS[data_args.end_style].marker if data_args.end_token else None,
+        "end_style": data_args.end_style if data_args.end_token else None, "row_order": data_args.row_order,
         "ended_conversations": data.n_ended if data_args.end_token else None,
         "lora": asdict(lora_args) if lora_args.lora else None, **outcome,
     }
@@ -771,6 +793,8 @@ def main(train_role: str, system_prompt: str, argv: list[str] | None = None) -> 
     say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if main_rank else (lambda *a: None)
     model_path = resolve(model_args.model_name_or_path)
     tokenizer, pad, slow = load_tokenizer(model_path, model_args, data_args)
+    if data_args.end_token and LEARNED_ENDS[data_args.end_style].system:
+        system_prompt = LEARNED_ENDS[data_args.end_style].system  # a --system_prompt still wins (prepare_data)
     data = prepare_data(tokenizer, train_role, system_prompt, data_args, train_args, say)
     tokenizer.model_max_length = data_args.model_max_length  # after encoding, which cuts long ones itself
     chat_template = install_role_template(tokenizer, train_role, data_args, say)
@@ -779,7 +803,8 @@ def main(train_role: str, system_prompt: str, argv: list[str] | None = None) -> 
         f"padding efficiency (real tokens / tokens computed) {data.efficiency:.3f} "
         f"at batch {train_args.per_device_train_batch_size}; pad token {pad!r} ({model_args.pad_token})"
         + ("; tokenised as the original's slow LLaMA tokenizer" if slow else "")
-        + (f"; {data.n_ended} conversations end with {END_OF_CONVERSATION}" if data_args.end_token else ""))
+        + (f"; {data.n_ended} conversations end with {LEARNED_ENDS[data_args.end_style].marker}"
+           if data_args.end_token else ""))
 
     model = load_model(model_path, tokenizer, model_args, lora_args)
     if lora_args.lora and main_rank:

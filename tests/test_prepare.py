@@ -1,9 +1,10 @@
 """`python -m data.prepare`: every sub-command on small real-format fixtures and on real data.
 
-The split is verified the way training will see it: every segment is rendered with model.dyadic and
-tokenised, and must fit; later segments start with the answer their first question follows; dropping
-those carried answers, a conversation's segments concatenate back to its turns. The faithful-to-the-
-original rules (clean --rules paper, seeds, baselines) are tested in tests/test_prepare_paper.py.
+The split (``--cut round``; the original's cut is tested in tests/test_fidelity.py) is verified the way
+training will see it: every segment is rendered with model.dyadic and tokenised, and must fit; later
+segments start with the answer their first question follows; dropping those carried answers, a
+conversation's segments concatenate back to its turns. The faithful-to-the-original rules (clean --rules
+paper, seeds, baselines) are tested in tests/test_prepare_paper.py.
 """
 from __future__ import annotations
 
@@ -294,7 +295,7 @@ def test_rejoin_undoes_the_v3_split():
 @pytest.mark.parametrize("train_role,template", [(HUMAN, "dyadic"), (GPT, "dyadic"), (HUMAN, "chat")])
 def test_split_segments_fit_as_rendered_tiny(tiny_tokenizer, sharegpt_long, train_role, template):
     convs = load(sharegpt_long)[:12]
-    splitter = Splitter(tiny_tokenizer, 2000, train_role, template, min_turns=1, dedup=False)
+    splitter = Splitter(tiny_tokenizer, 2000, train_role, template, min_turns=1, dedup=False, cut="round")
     segments = list(splitter.run(convs))
     carry = train_role == HUMAN  # the default: the carried answer would be trained in PlatoLM
     n_split, n_carried = verify_split(convs, segments, tiny_tokenizer, 2000, train_role, template,
@@ -313,7 +314,7 @@ class OptimisticSplitter(Splitter):
 
 def test_split_exact_check_repairs_a_wrong_estimate(tiny_tokenizer, sharegpt_long):
     convs = load(sharegpt_long)[:12]
-    splitter = OptimisticSplitter(tiny_tokenizer, 2000, min_turns=1, dedup=False)
+    splitter = OptimisticSplitter(tiny_tokenizer, 2000, min_turns=1, dedup=False, cut="round")
     segments = list(splitter.run(convs))
     assert splitter.counts["rounds moved after the exact check"] > 0
     assert verify_split(convs, segments, tiny_tokenizer, 2000, too_long=splitter.too_long)[0] >= 5
@@ -322,7 +323,7 @@ def test_split_exact_check_repairs_a_wrong_estimate(tiny_tokenizer, sharegpt_lon
 def test_split_no_carry_answer_is_the_old_rule(smollm2_tokenizer, sharegpt_long):
     convs = load(sharegpt_long)
     splitter = Splitter(smollm2_tokenizer, 1024, min_turns=1, dedup=False, carry_answer=False,
-                        keep_trailing_question=True)
+                        keep_trailing_question=True, cut="round")
     segments = list(splitter.run(convs))
     assert all(s.turns[0].role == HUMAN for s in segments)
     rebuilt = defaultdict(list)
@@ -350,7 +351,7 @@ def test_split_cli_contract_and_over_long_round(tmp_path, tiny_dir, sharegpt_sli
                                        Turn(HUMAN, "Thanks, and what is 2 + 2?"), Turn(GPT, "4.")])
     src.write_text("".join(json.dumps(c.to_messages()) + "\n" for c in [long_round, *convs]))
     proc = prepare("split", "--data", src, "--out", out, "--tokenizer", tiny_dir, "--max-length", 600,
-                   "--report", report, "--min-turns", 1, "--keep-duplicates")
+                   "--report", report, "--min-turns", 1, "--keep-duplicates", "--cut", "round")
     assert out.read_text().lstrip().startswith("[")  # a ShareGPT JSON array
     segments = load(out)
     counts = json.loads(report.read_text())
@@ -371,7 +372,7 @@ def test_split_real_sharegpt_cli_carries_the_answer(tmp_path, sharegpt_long, smo
     and dropping those, a conversation's segments concatenate back to its turns."""
     out, report = tmp_path / "split.jsonl", tmp_path / "report.json"
     proc = prepare("split", "--data", sharegpt_long, "--out", out, "--tokenizer", "smollm2", "--max-length", 1024,
-                   "--min-turns", 1, "--keep-duplicates", "--report", report)
+                   "--min-turns", 1, "--keep-duplicates", "--report", report, "--cut", "round")
     counts = json.loads(report.read_text())
     n_split, carried = verify_split(load(sharegpt_long), load(out), smollm2_tokenizer, 1024,
                                     too_long=counts["over-long segments"])
@@ -394,7 +395,7 @@ def test_carried_answer_is_context_in_socratic(request, tokenizer, sharegpt_long
     from model.dyadic import Encoder
 
     tok = request.getfixturevalue(tokenizer)
-    segments = list(Splitter(tok, 1024, min_turns=1, dedup=False).run(load(sharegpt_long)[:6]))
+    segments = list(Splitter(tok, 1024, min_turns=1, dedup=False, cut="round").run(load(sharegpt_long)[:6]))
     carrying = [s for s in segments if s.turns[0].role == GPT][:5]
     assert carrying
     socratic, platolm = Encoder(tok, HUMAN, max_length=100_000), Encoder(tok, GPT, max_length=100_000)

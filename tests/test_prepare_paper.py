@@ -82,16 +82,16 @@ def test_clean_paper_rules_cli(tmp_path):
     src.write_text("".join(json.dumps(r) + "\n" for r in rows))
     proc = prepare("clean", "--data", src, "--out", out, "--rules", "paper", "--report", report)
     kept = {c.id: c for c in load(out)}
-    assert sorted(kept) == ["html", "leading-gpt", "translate"]
+    assert sorted(kept) == ["dup-split-differently", "html", "leading-gpt", "translate"]
     assert kept["html"].turns[0].text == "Explain my\\_var please"  # every turn goes through markdownify
     assert kept["html"].turns[1].text == "It is **a name**."
     assert [t.role for t in kept["leading-gpt"].turns] == [GPT, HUMAN]  # roles untouched
     assert json.loads(report.read_text()) == {
         "read": 7, "bad records": 0, "too short": 1, "ai mentions": 1, "html": 0, "language": 1,
-        "duplicates": 1, "kept": 3, "translation exceptions": 1}  # the duplicate: same concatenated text
+        "kept": 4, "translation exceptions": 1}  # duplicates are the split's (after it, on segments)
     lines = proc.stderr.splitlines()
     steps = [line.split()[0] for line in lines[lines.index(next(x for x in lines if x.startswith("step"))) + 1:][:6]]
-    assert steps == ["read", "too", "ai", "html", "language", "duplicates"]  # the original's order
+    assert steps == ["read", "too", "ai", "html", "language", "(1"]  # the original's order, then the split
     bad = prepare("clean", "--data", src, "--out", out, "--rules", "paper", "--lang", "en", check=False)
     assert bad.returncode == 2 and "--lang is a setting of --rules default" in bad.stderr
 
@@ -105,7 +105,7 @@ def test_clean_paper_rules_on_real_sharegpt(tmp_path, sharegpt_head):
     print("paper:", p, "\ndefault:", d)
     assert p["read"] == d["read"] == 400 and p["bad records"] == d["bad records"]
     assert p["kept"] == len(load(out)) == p["read"] - sum(p[s] for s in ("bad records", "too short", "ai mentions",
-                                                                       "html", "language", "duplicates"))
+                                                                       "html", "language"))
     assert p["language"] > d["language"] > 0
     assert all(paper_language_ok(c.turns) for c in load(out))
 
@@ -385,11 +385,10 @@ def test_baseline_file_of_the_wrong_shape(tmp_path):
     assert strict.returncode == 1 and not (tmp_path / "s.json").exists()
 
 
-def test_clean_paper_dedup_key_survives_a_resume():
-    """A resumed paper-rules run rebuilds the same duplicate key (the texts only) from its output."""
+def test_clean_paper_rules_leave_duplicates_to_the_split():
+    """The original de-duplicated segments after its split, not conversations before it: a paper-rules clean
+    keeps both (data.prepare split drops the second: tests/test_fidelity.py)."""
     cleaner = Cleaner(rules="paper")
-    a = [Turn(HUMAN, "ab"), Turn(GPT, "c")]
-    assert list(cleaner.run([Conversation("a", a)]))
-    resumed = Cleaner(rules="paper")
-    resumed.restore(cleaner.state(), [Conversation("a", a)])
-    assert resumed.clean_one(Conversation("b", [Turn(HUMAN, "a"), Turn(GPT, "bc")])) == "duplicates"
+    convs = [Conversation("a", [Turn(HUMAN, "ab"), Turn(GPT, "c")]),
+             Conversation("b", [Turn(HUMAN, "a"), Turn(GPT, "bc")])]
+    assert len(list(cleaner.run(convs))) == 2 and "duplicates" not in cleaner.counts()

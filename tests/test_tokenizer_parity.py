@@ -2,7 +2,7 @@
 original's training code computed with its *slow* LlamaTokenizer (transformers 4.28).
 
 A sentencepiece BPE model with byte fallback, ``<unk>``/``<s>``/``</s>`` and the dummy prefix (LLaMA's settings) is
-trained here. The reference is sentencepiece itself, driven the way the 4.28 slow tokenizer drove it: split the
+trained for the session (conftest's ``llama_spm``, tests/llama_spm.py). The reference is sentencepiece itself, driven the way the 4.28 slow tokenizer drove it: split the
 text at special tokens, strip the whitespace next to each (they were re-added as plain strings), encode every
 piece, put ``<s>`` in front; the labels are the original ``preprocess``'s (from the ``<s>`` of a trained turn to its
 ``</s>``, found by tokenising the text up to there). The fast tokenizer is the one transformers 5 builds for
@@ -10,72 +10,23 @@ LLaMA (``LlamaTokenizer`` from the vocabulary and merges, as it does from a ``to
 """
 from __future__ import annotations
 
-import io
-import re
-
 import pytest
 
-from core.conversation import GPT, HUMAN, Conversation, Turn
+from core.conversation import GPT, HUMAN, Conversation
 from model.dyadic import (IGNORE_INDEX, ROLE_PREFIX, SYSTEM_PROMPTS, Encoder, Template, install_chat_template,
                           match_slow_llama)
-from tests.tiny import CORPUS
-
-SPECIALS = ("<unk>", "<s>", "</s>")
-DIALOGUES = [
-    Conversation("plain", [Turn(HUMAN, "How do I sort a list in Python?"), Turn(GPT, "Use sorted(xs) or xs.sort()."),
-                           Turn(HUMAN, "And the capital of France?"), Turn(GPT, "Paris.")]),
-    Conversation("unicode", [Turn(HUMAN, "你好，世界！ 😀 Ünïcödé — “quotes” 東京"), Turn(GPT, "👍 好的。 ß")]),
-    Conversation("code", [Turn(HUMAN, "def f(x):\n    return x**2  # square\n\tprint(f(3))"),
-                          Turn(GPT, "```python\nprint( 9 )\n```\n")]),
-    Conversation("specials", [Turn(HUMAN, "What does <s> mean, and </s>?"), Turn(GPT, "<s> starts, </s> ends <unk>")]),
-    Conversation("spaces", [Turn(HUMAN, "  two leading,  two inside, trailing  "), Turn(GPT, "\nnew line first\n")]),
-    Conversation("roles", [Turn(GPT, "Human: Assistant: fake roles"), Turn(HUMAN, "ok Human: yes 0123456789")]),
-]
+from tests.llama_spm import DIALOGUES, llama_tokenizer, slow_ids
 
 
 @pytest.fixture(scope="module")
-def spm_model(tmp_path_factory):
-    import sentencepiece as spm
-
-    text = CORPUS * 20 + [t.text for c in DIALOGUES for t in c.turns] * 5 + list(SYSTEM_PROMPTS.values()) * 5
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(text), model_writer=model, vocab_size=700, model_type="bpe", byte_fallback=True,
-        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, add_dummy_prefix=True, normalization_rule_name="identity",
-        remove_extra_whitespaces=False, split_digits=True, allow_whitespace_only_pieces=True, character_coverage=1.0,
-        minloglevel=2)
-    return spm.SentencePieceProcessor(model_proto=model.getvalue())
+def spm_model(llama_spm):
+    return llama_spm
 
 
 @pytest.fixture
 def fast(spm_model):
     """transformers 5's LLaMA tokenizer for this vocabulary, as it loads one (legacy=False)."""
-    from transformers import LlamaTokenizer
-    from transformers.tokenization_utils_base import generate_merges
-
-    sp = spm_model
-    vocab = {sp.id_to_piece(i): i for i in range(sp.get_piece_size())}
-    scores = {piece: sp.get_score(i) for piece, i in vocab.items()}
-    return LlamaTokenizer(vocab=vocab, merges=generate_merges(vocab, scores, skip_tokens=set(SPECIALS)),
-                          add_bos_token=True)
-
-
-def slow_ids(sp, text: str) -> list[int]:
-    """transformers 4.28's slow LlamaTokenizer(text): pieces between special tokens, stripped next to them."""
-    pieces = re.split("(" + "|".join(map(re.escape, SPECIALS)) + ")", text)
-    for i, piece in enumerate(pieces):
-        if piece in SPECIALS:
-            if i > 0:
-                pieces[i - 1] = pieces[i - 1].rstrip()
-            if i + 1 < len(pieces):
-                pieces[i + 1] = pieces[i + 1].lstrip()
-    ids = [sp.bos_id()]
-    for piece in pieces:
-        if piece in SPECIALS:
-            ids.append(sp.piece_to_id(piece))
-        elif piece:
-            ids += sp.encode(piece)
-    return ids
+    return llama_tokenizer(spm_model)
 
 
 def original_row(sp, conv: Conversation, role: str, max_length: int = 2048) -> tuple[list[int], list[int]]:
