@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from core.conversation import HUMAN, Turn
+from model.checkpoint import read_checkpoint
 from model.dyadic import END_OF_CONVERSATION, SYSTEM_PROMPTS, Template
 
 END_RULES = ("paper", "fit", "learned")
@@ -108,10 +109,13 @@ class TokenCounter:
         self.system = SYSTEM_PROMPTS[HUMAN] if system is None else system
 
     @classmethod
-    def load(cls, path: str, template: str = "dyadic", system: str | None = None) -> "TokenCounter":
-        from core.assets import load_tokenizer
+    def load(cls, path: str, template: str | None = None, system: str | None = None) -> "TokenCounter":
+        """The tokenizer at ``path``, with the template and system prompt its checkpoint records unless given."""
+        from core.assets import load_tokenizer, resolve
 
-        return cls(load_tokenizer(path), template, system)
+        checkpoint = read_checkpoint(resolve(path))
+        return cls(load_tokenizer(path), checkpoint.template_for(template),
+                   checkpoint.system_for(HUMAN) if system is None else system)
 
     def prompt_ids(self, turns: Sequence[Turn], next_role: str = HUMAN) -> list[int]:
         text = self.template.prompt_for(turns, next_role, self.system)

@@ -70,9 +70,9 @@ class SocraticEndpoint:
     def __init__(self, endpoint: Endpoint, sampling: Sampling, rule: EndRule, counter: TokenCounter | None,
                  system: str | None = None):
         self.endpoint, self.sampling, self.rule, self.counter = endpoint, sampling, rule, counter
-        # Socratic's paper prompt is also what model.serve and the checkpoint's chat template use when a
-        # request has none; sending it always gives a free-mode opening a message to send
-        self.system = SOCRATIC_SYSTEM if system is None else system
+        # the served checkpoint's trained prompt (what its chat template and model.serve use when a request has
+        # none), else Socratic's; sending it always gives a free-mode opening a message to send
+        self.system = system if system is not None else counter.system if counter is not None else SOCRATIC_SYSTEM
 
     async def ask(self, turns: Sequence[Turn], seed: int) -> Question:
         s, window = self.sampling, self.rule.window if self.counter is not None else None
@@ -154,7 +154,8 @@ class LocalSimulator:
     def __init__(self, generator, sampling: Sampling, rule: EndRule, system: str | None = None,
                  window_s: float = 0.005):
         self.generator, self.sampling, self.rule, self.window_s = generator, sampling, rule, window_s
-        self.counter = TokenCounter(generator.tokenizer, generator.template, system)
+        self.counter = TokenCounter(generator.tokenizer, generator.template,
+                                    generator.system_for(HUMAN) if system is None else system)
         self.batches = self.requests = 0  # reported at the end: how well the batching worked
         self._pending: list[tuple[list[Turn], int, asyncio.Future]] = []
         self._wakeup = asyncio.Event()
