@@ -40,10 +40,9 @@ from typing import Literal
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from jinja2 import TemplateError
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
-
-from jinja2 import TemplateError
 
 from core.conversation import GPT, HUMAN, BadRecord, Turn, atomic_write, parse_record
 from core.errors import UsageError

@@ -36,6 +36,7 @@ def test_tiny_demo_end_to_end_and_resume(tmp_path, tiny_dir):
         run = json.loads((out / model_dir / "platolm_run.json").read_text())
         assert run["train_role"] == {"socratic": "human", "platolm": "gpt"}[model_dir]
         assert (out / model_dir / "config.json").exists() and (out / model_dir / "loss.png").exists()
+        assert (out / model_dir / "README.md").read_text().startswith("---\nlibrary_name: transformers")  # model card
     for mode in ("free", "seeded"):
         sessions = jsonl(out / f"socraticchat_{mode}.jsonl")
         assert len(sessions) == 2 and all(s["mode"] == mode and s["num_of_rounds"] >= 1 for s in sessions)

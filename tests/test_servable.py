@@ -227,6 +227,21 @@ def test_pipeline_on_a_chat_socratic_builds_a_prompt_that_opens_a_user_turn(trai
         assert prompts[-1] == pipe.tokenizer(expected, add_special_tokens=False).input_ids
 
 
+def test_model_serve_chat_template_mode_builds_the_prompt_of_role_human(trained):
+    from model.generate import Generator
+    from model.serve import APIError, ChatRequest, request_prompt
+
+    gen = Generator(str(trained("llama3", HUMAN)), device="cpu")
+    for messages in ([{"role": "system", "content": SYSTEM_PROMPTS[HUMAN]}],
+                     [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}],
+                     [{"role": "system", "content": SYSTEM_PROMPTS[HUMAN] + INTENT_PROBE},
+                      {"role": "user", "content": "Hi"}]):
+        req = ChatRequest(messages=messages, truncate_prompt_tokens=64)
+        assert request_prompt(gen, HUMAN, req, "chat-template") == request_prompt(gen, HUMAN, req)
+    with pytest.raises(APIError, match="chat template refuses"):  # transformers refuses an empty conversation
+        request_prompt(gen, HUMAN, ChatRequest(messages=[]), "chat-template")
+
+
 @pytest.mark.slow
 def test_data_simulate_against_the_served_chat_template_gives_the_sessions_of_role_human(trained, tmp_path,
                                                                                          servers):  # noqa: F811
