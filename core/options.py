@@ -31,8 +31,11 @@ def add_answerer_args(p: argparse.ArgumentParser | argparse._ArgumentGroup, serv
                    help=f"local checkpoint (or 'smollm2'); with --base-url, the served model name "
                         f"(default {served_default})")
     p.add_argument("--base-url", help="OpenAI-compatible endpoint instead of a local model")
-    p.add_argument("--template", default="dyadic", choices=TEMPLATES)
-    p.add_argument("--system", help="system prompt (default: the PlatoLM prompt for local models, none remote)")
+    p.add_argument("--template", choices=TEMPLATES,
+                   help="local model's prompt template (default: the checkpoint's, from its platolm_run.json, "
+                        "else dyadic)")
+    p.add_argument("--system", help="system prompt (default for local models: the checkpoint's trained prompt, "
+                                    "else PlatoLM's; none remote)")
     p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
     p.add_argument("--max-context", "--max-length", dest="max_context", type=int,
                    help="local model's context in tokens (default: the model's)")

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from core.conversation import HUMAN, Turn
+from model.checkpoint import read_checkpoint
 from model.dyadic import (END_MARKERS, SOCRATIC_SYSTEM, SYSTEM_PROMPTS, Template, match_original_server,
                           training_tokenizer)
 
@@ -146,10 +147,16 @@ class TokenCounter:
         self.budget = budget
 
     @classmethod
-    def load(cls, path: str, template: str = "dyadic", system: str | None = None, tokenization: str = "original",
-             budget_count: str = "training") -> "TokenCounter":
-        """The counter of the tokenizer at ``path`` as training tokenised with it, and the budget's count."""
-        counter = cls(training_tokenizer(path, tokenization, template), template, system)
+    def load(cls, path: str, template: str | None = None, system: str | None = None,
+             tokenization: str = "original", budget_count: str = "training") -> "TokenCounter":
+        """The counter of the tokenizer at ``path`` as training tokenised with it (with the template and system
+        prompt its checkpoint records unless given), and the budget's count."""
+        from core.assets import resolve
+
+        checkpoint = read_checkpoint(resolve(path))
+        template = checkpoint.template_for(template)
+        counter = cls(training_tokenizer(path, tokenization, template), template,
+                      checkpoint.system_for(HUMAN) if system is None else system)
         if budget_count == "original-server":
             counter.budget = original_server_counter(path, template)
         return counter

@@ -116,8 +116,9 @@ def add_simulator_args(g) -> None:
     g.add_argument("--max-new-tokens", type=int, default=512, help="longest question the simulator may write")
     g.add_argument("--max-context", type=int, default=2048,
                    help="the session's token budget in the simulator's tokens (default 2048, as in the paper)")
-    g.add_argument("--template", choices=["dyadic", "chat"], default="dyadic",
-                   help="the simulator's template (local simulator, and the tokenizer that counts)")
+    g.add_argument("--template", choices=["dyadic", "chat"],
+                   help="the simulator's template (local simulator, and the tokenizer that counts; default: "
+                        "the one its checkpoint records, else dyadic)")
     g.add_argument("--device", default="auto", help="local simulator: auto|cpu|cuda")
     g.add_argument("--engine", choices=["hf", "vllm"], default="hf",
                    help="local simulator: HF generate in this process, or a vLLM server started here (GPU)")

@@ -78,9 +78,9 @@ class SocraticEndpoint:
     def __init__(self, endpoint: Endpoint, sampling: Sampling, rule: EndRule, counter: TokenCounter | None,
                  system: str | None = None):
         self.endpoint, self.sampling, self.rule, self.counter = endpoint, sampling, rule, counter
-        # Socratic's paper prompt is also what model.serve and the checkpoint's chat template use when a
-        # request has none; sending it always gives a free-mode opening a message to send
-        self.system = SOCRATIC_SYSTEM if system is None else system
+        # the served checkpoint's trained prompt (what its chat template and model.serve use when a request has
+        # none), else Socratic's; sending it always gives a free-mode opening a message to send
+        self.system = system if system is not None else counter.system if counter is not None else SOCRATIC_SYSTEM
 
     async def ask(self, turns: Sequence[Turn], seed: int) -> Question:
         s, window = self.sampling, self.rule.window if self.counter is not None else None
@@ -162,7 +162,8 @@ class LocalSimulator:
     def __init__(self, generator, sampling: Sampling, rule: EndRule, system: str | None = None,
                  window_s: float = 0.005):
         self.generator, self.sampling, self.rule = generator, sampling, rule
-        self.counter = TokenCounter(generator.tokenizer, generator.template, system)
+        self.counter = TokenCounter(generator.tokenizer, generator.template,
+                                    generator.system_for(HUMAN) if system is None else system)
         self.batcher = MicroBatcher(self._generate, wait_s=window_s)  # its counts are reported at the end
 
     async def ask(self, turns: Sequence[Turn], seed: int) -> Question:

@@ -81,6 +81,7 @@ import numpy as np
 
 from data.simulators import DEFAULT_ROLEPLAY_PROMPT, Sampling, SimulatorSpec
 from core.conversation import GPT, HUMAN, BadRecord, BadRecordSummary, Conversation, Turn, atomic_write
+from model.checkpoint import read_checkpoint
 from model.dyadic import END_OF_CONVERSATION, IGNORE_INDEX, TEMPLATES, Encoder, really_ended
 from core.errors import UsageError
 from core.runner import command
@@ -614,7 +615,8 @@ def _source(p: argparse.ArgumentParser, data_help: str | None) -> None:
     g.add_argument("--roleplay-prompt", default=str(DEFAULT_ROLEPLAY_PROMPT),
                    help="role-play system prompt file, with a {conversation} placeholder (default: the project's)")
     g.add_argument("--api-key-env", default="OPENAI_API_KEY", help="variable holding the endpoint's key")
-    g.add_argument("--template", choices=TEMPLATES, default="dyadic", help="local model: its prompt template")
+    g.add_argument("--template", choices=TEMPLATES,
+                   help="local model: its prompt template (default: the checkpoint's, else dyadic)")
     g.add_argument("--temperature", type=float, default=0.7)
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--max-new-tokens", type=int, default=512, help="longest turn the simulator may write")
@@ -641,7 +643,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", "--model-path", dest="model", required=True, help="local checkpoint path or 'smollm2'")
     s.add_argument("--base-url", help=argparse.SUPPRESS)  # only to say that perplexity needs a local model
     s.add_argument("--data", required=True, help="held-out conversations (ShareGPT / OpenAI messages / datasets dir)")
-    s.add_argument("--template", choices=TEMPLATES, default="dyadic")
+    s.add_argument("--template", choices=TEMPLATES, help="its prompt template (default: the checkpoint's, else dyadic)")
     s.add_argument("--max-length", type=int, default=2048, help="each conversation's first N tokens (default 2048)")
     s.add_argument("--limit", type=int, help="score at most N conversations")
     s.add_argument("--batch-tokens", type=int, default=4096, help="padded tokens per forward pass")
@@ -697,6 +699,7 @@ def check_args(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     check_args(args)
+    follow_checkpoint(args)
     result = RUN[args.command](args)
     default_name = Path(str(result.get("model") or result.get("data"))).name
     result = {"name": args.name or default_name, **result}
@@ -705,6 +708,14 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write(args.out, lambda f: f.write(json.dumps(result, indent=1, ensure_ascii=False) + "\n"))
     print(text if args.json else format_result(result))
     return 0
+
+
+def follow_checkpoint(args) -> None:
+    """A local model's ``--template``: the one its checkpoint records unless given (model.checkpoint)."""
+    if args.model and not args.base_url:
+        from core.assets import resolve
+
+        args.template = read_checkpoint(resolve(args.model)).template_for(args.template)
 
 
 def format_result(r: dict) -> str:

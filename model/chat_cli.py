@@ -73,9 +73,9 @@ def read_message(read: Callable[[str], str | None], prompt: str) -> str | None:
 class Chat:
     """The conversation state and the model's side of it."""
 
-    def __init__(self, generator, model_role: str, system_prompt: str, args, out=sys.stdout,
-                 err=sys.stderr):
-        self.gen, self.model_role, self.args, self.out, self.err = generator, model_role, args, out, err
+    def __init__(self, generator, model_role: str, system_prompt: str, args, out=None, err=None):
+        self.gen, self.model_role, self.args = generator, model_role, args
+        self.out, self.err = out or sys.stdout, err or sys.stderr  # the streams of now, not of the import
         self.system = system_prompt if args.system is None else args.system
         self.person_role = GPT if model_role == HUMAN else HUMAN
         self.turns: list[Turn] = []
@@ -180,9 +180,11 @@ def main(model_role: str, system_prompt: str, prog: str, argv: list[str] | None 
     p.add_argument("--max-new-tokens", type=int, default=512)
     p.add_argument("--max-context", type=int, default=None,
                    help="context limit in tokens (default: the model's)")
-    p.add_argument("--template", choices=TEMPLATES, default="dyadic")
+    p.add_argument("--template", choices=TEMPLATES,
+                   help="prompt template (default: the checkpoint's, from its platolm_run.json, else dyadic)")
     p.add_argument("--system", default=None,
-                   help=f"system prompt override (default: the paper's, {system_prompt[:40]!r}...)")
+                   help=f"system prompt override (default: the checkpoint's trained one, else the paper's, "
+                        f"{system_prompt[:40]!r}...)")
     p.add_argument("--seed", type=int, default=None, help="sampling seed, for repeatable chats")
     args = p.parse_args(argv)
     from model.generate import Generator
@@ -192,7 +194,7 @@ def main(model_role: str, system_prompt: str, prog: str, argv: list[str] | None 
     if sys.stdin.isatty():
         print(f"[{who} is ready; {HELP}]", file=sys.stderr)
     try:
-        Chat(gen, model_role, system_prompt, args).run(read)
+        Chat(gen, model_role, gen.system_for(model_role), args).run(read)
     except KeyboardInterrupt:
         print(file=sys.stderr)
     return 0

@@ -142,6 +142,8 @@ class Template:
         if not tokenizer.eos_token:
             raise ValueError("the tokenizer has no eos_token; the dyadic template needs one")
         self.tokenizer, self.template = tokenizer, template
+        # chat mode renders with the base model's own template, also when a checkpoint's role template wraps it
+        self.chat_template = base_chat_template(getattr(tokenizer, "chat_template", None))
         self.bos, self.eos = tokenizer.bos_token or "", tokenizer.eos_token
         # chat mode: tokens that may close a turn, longest first
         self._markers = sorted({t for t in tokenizer.all_special_tokens if t}, key=len, reverse=True)
@@ -169,7 +171,7 @@ class Template:
         if system and self._system_ok is not False:
             try:
                 text = tok.apply_chat_template([{"role": "system", "content": system}, *messages],
-                                               tokenize=False)
+                                               tokenize=False, chat_template=self.chat_template)
                 self._system_ok = True
                 return text
             except Exception as err:  # templates such as Gemma's reject a system role
@@ -177,7 +179,7 @@ class Template:
                     print(f"warning: the chat template rejects a system message ({err}); "
                           f"rendering without one", file=sys.stderr)
                 self._system_ok = False
-        return tok.apply_chat_template(messages, tokenize=False)
+        return tok.apply_chat_template(messages, tokenize=False, chat_template=self.chat_template)
 
     def _render_chat(self, turns: Sequence[Turn], system: str) -> Rendered:
         text = self._apply_chat(openai_messages(turns), system)
@@ -214,6 +216,19 @@ class Template:
         return [m for m in self._markers if tail.startswith(m)][:1] or [self.eos]
 
 
+# A role template (model.role_template) embeds the base model's chat template verbatim between these two strings.
+ROLE_TEMPLATE_MARK = "{#- PlatoLM role template"
+ROLE_TEMPLATE_BASE = ("{% set messages = platolm_turns %}{% set add_generation_prompt = false %}\n", "{% endset -%}")
+
+
+def base_chat_template(text: str | None) -> str | None:
+    """The base model's own chat template: the one a role template wraps, else ``text`` itself."""
+    if not text or not text.startswith(ROLE_TEMPLATE_MARK):
+        return text
+    start, end = ROLE_TEMPLATE_BASE
+    return text.split(start, 1)[1].rsplit(end, 1)[0]
+
+
 def default_system(train_role: str, conv: Conversation | None = None, override: str | None = None) -> str:
     """The system prompt: an explicit override, else the record's own, else the role's paper prompt."""
     if override is not None:
@@ -236,28 +251,37 @@ _CHAT_TEMPLATE_SKELETON = """\
     {%- set system = @SYSTEM@ -%}
     {%- set turns = messages -%}
 {%- endif -%}
+{#- a prefill (transformers' continue_final_message) of an assistant turn: Socratic opens a human turn after it -#}
+{%- set prefill = @PREFILL_OPENS@ and turns and turns[-1]['role'] == 'assistant'
+    and turns[-1]['content'] is string and turns[-1]['content'].endswith(@TAG@) -%}
 @LEADING_BOS@{{- system -}}
 {%- for m in turns -%}
+    {%- set content = m['content'][:-@TAG_LEN@] if prefill and loop.last else m['content'] -%}
     {%- if m['role'] == 'user' -%}
-        {{- @HUMAN@ + bos + m['content'] + eos -}}
+        {{- @HUMAN@ + bos + content + eos -}}
     {%- elif m['role'] == 'assistant' -%}
-        {{- @GPT@ + bos + m['content'] + eos -}}
+        {{- @GPT@ + bos + content + eos -}}
     {%- else -%}
         {{- raise_exception('the dyadic template takes user and assistant messages after an optional first '
                             ~ 'system message, not ' ~ m['role']) -}}
     {%- endif -%}
 {%- endfor -%}
-{%- if add_generation_prompt -%}
+{%- if add_generation_prompt or prefill -%}
     {{- @NEXT@ + bos -}}
-{%- endif -%}"""
+{%- endif -%}
+{%- if prefill %}{{ @TAG@ }}{% endif -%}"""
 _LEADING_BOS = "{{- bos -}}\n"
+# transformers marks the message to continue by appending this to it (render_jinja_template, continue_final_message)
+CONTINUE_TAG = "CONTINUE_FINAL_MESSAGE_TAG "
 
 
 def _chat_template(role: str, leading_bos: bool) -> str:
     """The skeleton filled in for the model that writes ``role`` turns (JSON strings are Jinja literals)."""
     fill = {"@SYSTEM@": json.dumps(SYSTEM_PROMPTS[role]), "@HUMAN@": json.dumps(ROLE_PREFIX[HUMAN]),
             "@GPT@": json.dumps(ROLE_PREFIX[GPT]), "@NEXT@": json.dumps(ROLE_PREFIX[role]),
-            "@LEADING_BOS@": _LEADING_BOS if leading_bos else ""}
+            "@LEADING_BOS@": _LEADING_BOS if leading_bos else "",
+            "@PREFILL_OPENS@": "true" if role == HUMAN else "false",
+            "@TAG@": json.dumps(CONTINUE_TAG), "@TAG_LEN@": str(len(CONTINUE_TAG))}
     text = _CHAT_TEMPLATE_SKELETON
     for key, value in fill.items():
         text = text.replace(key, value)

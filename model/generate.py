@@ -9,8 +9,9 @@ simulator asking) or ``gpt`` (the PlatoLM assistant answering). The prompt is bu
 * ``stream`` yields the text of one turn as it is produced, through a transformers streamer whose
   cost per token is constant (``TextStreamer`` re-decodes everything since the last newline).
 
-At scale on a GPU, serve the checkpoint with vLLM instead (``model.serve --engine vllm`` starts
-``vllm serve``, which renders the dyadic chat template the trainer saved with the checkpoint).
+A checkpoint's template, role and system prompt come from its record (model.checkpoint) unless given. At
+scale on a GPU, serve the checkpoint with vLLM instead (``model.serve --engine vllm`` starts ``vllm serve``,
+which renders the chat template the trainer saved with the checkpoint).
 
 Usage (a library; the commands built on it are ``model.sft_platolm.cli``, ``model.sft_socratic.cli``
 and ``model.serve``)::
@@ -27,7 +28,8 @@ from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 from core.conversation import GPT, HUMAN, Turn
-from model.dyadic import SYSTEM_PROMPTS, Template
+from model.checkpoint import read_checkpoint
+from model.dyadic import Template
 
 SANE_MAX_LENGTH = 1_000_000  # tokenizers without a limit report ~1e30 as model_max_length
 
@@ -175,8 +177,9 @@ def _criteria():
 class Generator:
     """One loaded model that writes the next turn of either role, batched or streamed."""
 
-    def __init__(self, model_path: str, template: str = "dyadic", device: str = "auto", dtype=None,
+    def __init__(self, model_path: str, template: str | None = None, device: str = "auto", dtype=None,
                  max_context: int | None = None):
+        """``template`` None: the one the checkpoint records (model.checkpoint), else dyadic."""
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -185,7 +188,8 @@ class Generator:
         path = resolve(model_path)
         self.device = pick_device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.template = Template(self.tokenizer, template)
+        self.checkpoint = read_checkpoint(path)
+        self.template = Template(self.tokenizer, self.checkpoint.template_for(template))
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=pick_dtype(dtype, self.device))
         self.model.to(self.device).eval()
         self.model_name, self.path = str(model_path), path
@@ -201,7 +205,11 @@ class Generator:
     def prompt_text(self, turns: Sequence[Turn], role: str, system: str | None = None) -> str:
         if role not in (HUMAN, GPT):
             raise ValueError(f"role must be {HUMAN!r} or {GPT!r}, not {role!r}")
-        return self.template.prompt_for(turns, role, SYSTEM_PROMPTS[role] if system is None else system)
+        return self.template.prompt_for(turns, role, self.system_for(role) if system is None else system)
+
+    def system_for(self, role: str) -> str:
+        """The default system prompt for ``role`` turns: the checkpoint's trained one for its role, else the paper's."""
+        return self.checkpoint.system_for(role)
 
     def prompt_ids(self, turns: Sequence[Turn], role: str, system: str | None = None,
                    keep_last: int | None = None) -> list[int]:
@@ -209,6 +217,15 @@ class Generator:
         (vLLM's ``truncate_prompt_tokens``); ContextOverflow if nothing fits after it."""
         ids = self.tokenizer(self.prompt_text(turns, role, system),
                              add_special_tokens=self.template.add_special_tokens)["input_ids"]
+        return self._fit(ids, keep_last)
+
+    def chat_template_ids(self, messages: list[dict], keep_last: int | None = None) -> list[int]:
+        """The prompt a chat-template server (vLLM) builds: the checkpoint's own chat template with its
+        generation prompt, tokenised without adding special tokens; ``keep_last`` as in :meth:`prompt_ids`."""
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return self._fit(self.tokenizer(text, add_special_tokens=False)["input_ids"], keep_last)
+
+    def _fit(self, ids: list[int], keep_last: int | None) -> list[int]:
         if keep_last:
             ids = ids[-keep_last:]
         if len(ids) >= self.max_context:

@@ -4,6 +4,9 @@ The request's ``messages`` are the real conversation (``user`` = human turns, ``
 assistant turns, an optional first ``system`` message). With ``--role gpt`` the reply is the next
 assistant turn (PlatoLM); with ``--role human`` it is the next *human* turn written by the user
 simulator (Socratic). Either way it comes back as the OpenAI ``assistant`` message of the reply.
+``--role`` and ``--template`` default to what the checkpoint records (model.checkpoint).
+``--render chat-template`` renders a request with the checkpoint's own chat template and nothing else, as
+vLLM does (a checkpoint the trainer saved carries one that writes its trained role's turns).
 
 Routes: ``POST /v1/chat/completions`` (``stream`` true or false), ``GET /v1/models``, ``GET /health``.
 Concurrent requests are batched (``core.batcher``): the requests that arrive within ``--batch-wait-ms``
@@ -15,6 +18,7 @@ needs ``Authorization: Bearer KEY``. Binds 127.0.0.1 unless told otherwise.
 Usage::
 
     python -m model.serve --model smollm2 --role human --port 8000
+    python -m model.serve --model runs/socratic --render chat-template --port 8000
     PLATOLM_API_KEY=secret python -m model.serve --model out/platolm --role gpt --engine vllm
 """
 from __future__ import annotations
@@ -37,17 +41,21 @@ from typing import Literal
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from jinja2 import TemplateError
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
 from core.batcher import MicroBatcher
 from core.conversation import GPT, HUMAN, BadRecord, Turn, atomic_write, parse_record
-from model.generate import Completion, ContextOverflow
 from core.errors import UsageError
+from core.options import TEMPLATES
 from core.runner import command
+from model.checkpoint import RUN_RECORD, read_checkpoint
+from model.generate import Completion, ContextOverflow
 
 API_KEY_ENV = "PLATOLM_API_KEY"
 DEFAULT_TEMPERATURE = 0.7
+RENDERS = ("role", "chat-template")  # how a request becomes a prompt: request_prompt
 
 
 # -- the request ---------------------------------------------------------------------------------
@@ -116,18 +124,27 @@ def request_turns(messages: list[Message]) -> tuple[list[Turn], str | None]:
     return conv.turns, conv.system
 
 
-def request_prompt(generator, role: str, req: ChatRequest) -> list[int]:
-    """Prompt ids for the next ``role`` turn: the same Template.prompt_for the model was trained with.
+def request_prompt(generator, role: str, req: ChatRequest, render: str = "role") -> list[int]:
+    """Prompt ids for the next turn, rendered as ``render`` says (:data:`RENDERS`).
 
-    Without a system message the role's paper prompt is used (SOCRATIC_SYSTEM for human). With
-    ``truncate_prompt_tokens`` only the latest tokens are kept, as vLLM does (``usage`` then counts those).
+    ``role``: the same Template.prompt_for the model was trained with, for the next ``role`` turn; without a
+    system message, the checkpoint's trained prompt for that role (else the role's paper prompt).
+    ``chat-template``: the checkpoint's own chat template and nothing else, as vLLM renders a request.
+    With ``truncate_prompt_tokens`` only the latest tokens are kept, as vLLM does (``usage`` then counts those).
     """
-    turns, system = request_turns(req.messages)
     try:
+        if render == "chat-template":
+            messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+            return generator.chat_template_ids(messages, keep_last=req.truncate_prompt_tokens)
+        turns, system = request_turns(req.messages)
         return generator.prompt_ids(turns, role, system, keep_last=req.truncate_prompt_tokens)
     except ContextOverflow as err:
         raise APIError(400, f"{err}; shorten the messages", param="messages",
                        code="context_length_exceeded") from None
+    except (ValueError, TemplateError) as err:  # the chat template refuses the messages (raise_exception)
+        if render != "chat-template":
+            raise
+        raise APIError(400, f"messages: the chat template refuses them: {err}", param="messages") from None
 
 
 @dataclass
@@ -180,9 +197,12 @@ def usage(done: Completion) -> dict:
 
 
 def create_app(generator, role: str, model_name: str, api_key: str | None = None,
-               default_max_tokens: int = 512, max_batch: int = 16, batch_wait_s: float = 0.005) -> FastAPI:
+               default_max_tokens: int = 512, max_batch: int = 16, batch_wait_s: float = 0.005,
+               render: str = "role") -> FastAPI:
     if role not in (HUMAN, GPT):
         raise ValueError(f"role must be {HUMAN!r} or {GPT!r}")
+    if render not in RENDERS:
+        raise ValueError(f"render must be one of {RENDERS}, not {render!r}")
     batcher = MicroBatcher(functools.partial(generate_group, generator), wait_s=batch_wait_s, max_batch=max_batch,
                            group_key=lambda job: job.settings.key())
 
@@ -197,7 +217,7 @@ def create_app(generator, role: str, model_name: str, api_key: str | None = None
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "role": role, "model": model_name,
+        return {"status": "ok", "role": role, "render": render, "model": model_name,
                 "batched_requests": batcher.requests, "batches": batcher.batches}
 
     @app.get("/v1/models")
@@ -210,7 +230,7 @@ def create_app(generator, role: str, model_name: str, api_key: str | None = None
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatRequest):
         settings = request_settings(req, default_max_tokens)
-        prompt = request_prompt(generator, role, req)
+        prompt = request_prompt(generator, role, req, render)
         head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model_name}
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -295,15 +315,21 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", "--model-path", dest="model", required=True,
                    help="checkpoint dir, hub name, or 'smollm2'")
-    p.add_argument("--role", required=True, choices=[HUMAN, GPT],
-                   help="human: reply with the next human turn (Socratic); gpt: the next assistant turn")
+    p.add_argument("--role", choices=[HUMAN, GPT],
+                   help=f"human: reply with the next human turn (Socratic); gpt: the next assistant turn "
+                        f"(default: the role the checkpoint's {RUN_RECORD} records)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", default=os.environ.get(API_KEY_ENV),
                    help=f"require this Bearer key (default: ${API_KEY_ENV}; prefer the variable, "
                         f"command lines are visible to other users)")
     p.add_argument("--engine", choices=["hf", "vllm"], default="hf")
-    p.add_argument("--template", choices=["dyadic", "chat"], default="dyadic")
+    p.add_argument("--template", choices=TEMPLATES,
+                   help="--render role: the prompt template (default: the checkpoint's, else dyadic)")
+    p.add_argument("--render", choices=RENDERS, default="role",
+                   help="role: the project's template for --role (model.dyadic, as in training); chat-template: "
+                        "the checkpoint's own chat template and nothing else, as vLLM renders a request (a "
+                        "checkpoint the trainer saved writes its trained role's turns so)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--max-context", type=int, default=None, help="context limit (default: the model's)")
     p.add_argument("--max-new-tokens", type=int, default=512, help="when a request gives no max_tokens")
@@ -313,8 +339,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="how long the batcher waits for more requests to join a batch")
     args = p.parse_args(argv)
     name = args.served_model_name or Path(str(args.model).rstrip("/")).name
+    role = served_role(args.model, args.role, args.render)
     if args.engine == "vllm":  # vLLM's own OpenAI server takes over this process
-        cmd = vllm_command(args.model, args.role, args.template, args.host, args.port, name, args.max_context)
+        cmd = vllm_command(args.model, role, args.template, args.host, args.port, name, args.max_context,
+                           args.render)
         print("$ " + " ".join(cmd), file=sys.stderr, flush=True)
         env = dict(os.environ, **({"VLLM_API_KEY": args.api_key} if args.api_key else {}))
         os.execvpe(cmd[0], cmd, env)
@@ -324,22 +352,40 @@ def main(argv: list[str] | None = None) -> int:
     from model.generate import Generator
 
     generator = Generator(args.model, template=args.template, device=args.device, max_context=args.max_context)
-    app = create_app(generator, args.role, name, args.api_key, args.max_new_tokens, args.max_batch,
-                     args.batch_wait_ms / 1000)
+    if args.render == "chat-template" and not generator.tokenizer.chat_template:
+        raise UsageError(f"--render chat-template: {args.model} has no chat template")
+    app = create_app(generator, role, name, args.api_key, args.max_new_tokens, args.max_batch,
+                     args.batch_wait_ms / 1000, args.render)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: listening on {args.host}, reachable from other machines"
               + ("" if args.api_key else " and without an API key"), file=sys.stderr)
-    print(f"serving {name} as role {args.role} ({args.engine}, context {generator.max_context}) on "
+    how = "its own chat template" if args.render == "chat-template" else f"the {generator.template.template} template"
+    print(f"serving {name} as role {role} ({how}, {args.engine}, context {generator.max_context}) on "
           f"http://{args.host}:{args.port}/v1" + (" (API key required)" if args.api_key else ""),
           file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 
 
+def served_role(model: str, role: str | None, render: str) -> str:
+    """``--role``, else the role the checkpoint records; with ``--render chat-template``, the checkpoint's
+    template decides, so a different ``--role`` is only a label (a warning says so)."""
+    from core.assets import resolve
+
+    checkpoint = read_checkpoint(resolve(model))
+    if role is None and checkpoint.role is None:
+        raise UsageError(f"--role: {model} has no {RUN_RECORD} naming its trained role; give --role human "
+                         f"(Socratic) or --role gpt (PlatoLM)")
+    if render == "chat-template" and role is not None and role != checkpoint.chat_template_role:
+        print(f"warning: --role {role}: the chat template of {model} writes {checkpoint.chat_template_role} turns "
+              f"(--render chat-template uses it as it is)", file=sys.stderr)
+    return role or checkpoint.role
+
+
 # -- vLLM ----------------------------------------------------------------------------------------
-def vllm_command(model: str, role: str, template: str, host: str, port: int, served_name: str,
-                 max_context: int | None) -> list[str]:
-    """``vllm serve`` for a checkpoint, rendering the role's dyadic chat template (GPU machines only)."""
+def vllm_command(model: str, role: str, template: str | None, host: str, port: int, served_name: str,
+                 max_context: int | None, render: str = "role") -> list[str]:
+    """``vllm serve`` for a checkpoint, with a chat template that writes ``role`` turns (GPU machines only)."""
     import importlib.util
 
     import torch
@@ -352,10 +398,27 @@ def vllm_command(model: str, role: str, template: str, host: str, port: int, ser
     cmd = ["vllm", "serve", resolve(model), "--host", host, "--port", str(port), "--served-model-name", served_name]
     if max_context:
         cmd += ["--max-model-len", str(max_context)]
-    return cmd + ["--chat-template", role_template_file(model, role, template)]
+    return cmd + vllm_chat_template(model, role, template, render)
 
 
-def role_template_file(model: str, role: str, template: str) -> str:
+def vllm_chat_template(model: str, role: str, template: str | None, render: str) -> list[str]:
+    """vLLM's ``--chat-template`` option: none where the checkpoint's own template writes ``role`` turns (or
+    ``--render chat-template`` asks for it as it is); for the dyadic template, the role's."""
+    from core.assets import resolve
+
+    checkpoint = read_checkpoint(resolve(model))
+    if render == "chat-template":
+        return []
+    if checkpoint.template_for(template) == "dyadic":
+        return ["--chat-template", role_template_file(model, role)]
+    if checkpoint.chat_template_role != role:
+        raise UsageError(f"--engine vllm: the chat template of {model} writes {checkpoint.chat_template_role} "
+                         f"turns, not {role} (a checkpoint trained with --template chat as that role carries one "
+                         f"that does); use --engine hf")
+    return []
+
+
+def role_template_file(model: str, role: str) -> str:
     """A file holding the dyadic chat template that writes the next ``role`` turn for this checkpoint's
     tokenizer (vLLM's ``--chat-template``), whichever role the checkpoint's own template writes."""
     import hashlib
@@ -363,9 +426,6 @@ def role_template_file(model: str, role: str, template: str) -> str:
     from core.assets import cache_dir, load_tokenizer
     from model.dyadic import dyadic_chat_template
 
-    if template != "dyadic":
-        raise UsageError("--engine vllm serves --template chat checkpoints with their own chat template, "
-                         "which writes assistant turns only; use --engine hf for another role")
     text = dyadic_chat_template(role, tokenizer=load_tokenizer(model))
     path = cache_dir() / f"dyadic-{role}-{hashlib.sha256(text.encode()).hexdigest()[:12]}.jinja"
     atomic_write(path, lambda f: f.write(text))
@@ -373,7 +433,7 @@ def role_template_file(model: str, role: str, template: str) -> str:
 
 
 @asynccontextmanager
-async def vllm_server(model: str, role: str, template: str, max_context: int | None):
+async def vllm_server(model: str, role: str, template: str | None, max_context: int | None):
     """Start ``vllm serve`` on a free local port for the duration of the block; yields its /v1 URL."""
     import socket
 

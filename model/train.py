@@ -30,10 +30,11 @@ different backbones with the same recipe (``scripts/paper_backbones.sh``).
 
 Dyadic runs with a sentencepiece (LLaMA-style) tokenizer tokenise as the original's slow tokenizer did
 (``--tokenization original``, model.dyadic.training_tokenizer), and every tokenizer the trainer saves
-(checkpoints and the final save) carries the role's dyadic chat template (model.dyadic), so ``vllm serve``
-renders the trained format; Socratic's template opens the *human* turn. ``--template chat`` runs keep the
-base model's own template, which writes assistant turns only: serve such a Socratic with ``model.serve
---role human``.
+(checkpoints and the final save) carries a chat template that renders the trained format and opens the trained
+role's turn (Socratic's: the *human* turn), so ``vllm serve`` serves the checkpoint as it is: the role's dyadic
+template (model.dyadic), or for ``--template chat`` the base model's own wrapped to do so (model.role_template).
+Every save also gets ``platolm_run.json`` and a ``README.md`` model card (model.checkpoint). Without
+``--template``, a run that resumes or continues a checkpoint of this trainer uses the template it records.
 
 ``--eval_ratio`` holds conversations out (drawn as the original drew them, ``--eval_seed``, default 125),
 writes them to ``eval_split.jsonl`` and evaluates them every ``--eval_steps`` with ``--eval_strategy steps``
@@ -48,8 +49,9 @@ instead (model.dyadic.LEARNED_ENDS); ``platolm_run.json`` then names the marker 
 The run resumes by itself from the last ``checkpoint-*`` in ``--output_dir``; Ctrl-C (single process)
 finishes the step, saves a checkpoint and exits with 130, so rerunning the same command continues.
 The output directory ends with the model (or adapter, see ``--lora_save``), its tokenizer,
-``trainer_state.json``, ``platolm_run.json`` (recipe, data file and hash, role, template, pad token,
-held-out split, end marker, FSDP layers, ...), ``eval_split.jsonl`` (with ``--eval_ratio``) and ``loss.png``.
+``trainer_state.json``, ``platolm_run.json`` (recipe, data file and hash, role, template, system prompt, chat
+template, pad token, held-out split, end marker, FSDP layers, ...), ``README.md`` (the model card),
+``eval_split.jsonl`` (with ``--eval_ratio``) and ``loss.png``.
 """
 from __future__ import annotations
 
@@ -66,18 +68,21 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from transformers import HfArgumentParser, TrainingArguments
+from transformers import HfArgumentParser, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from core.conversation import (GPT, HUMAN, BadRecord, BadRecordSummary, Turn, atomic_write, iter_conversations,
+from core.conversation import (GPT, HUMAN, BadRecord, BadRecordSummary, Turn, iter_conversations,
                                 parse_record, write_jsonl)
+from model.checkpoint import (CHAT_TEMPLATE_NAMES, DEFAULT_TEMPLATE, MODEL_CARD, RUN_RECORD, read_checkpoint,
+                              write_checkpoint_files)
 from model.dyadic import (LEARNED_ENDS, TEMPLATES, TOKENIZATIONS, Encoder, install_chat_template, really_ended,
                           tokenises_as_slow_llama, training_tokenizer)
+from model.role_template import install_role_template
 from core.errors import UsageError
 from core.runner import command
 from model.packing import (PackingCollator, PaddingCollator, Rows, pack_bins, padding_efficiency,
                            row_lengths)
 
-RUN_RECORD = "platolm_run.json"
 LOSS_PLOT = "loss.png"
 EVAL_SPLIT = "eval_split.jsonl"
 PAD_MODES = ("reuse", "add")
@@ -124,7 +129,9 @@ class DataArguments:
     data_split: str = field(default="train", metadata={"help": "split, when --data_path is a datasets name"})
     data_cache_dir: str | None = field(default=None, metadata={
         "help": "where the tokenised data is cached (default: the datasets cache, $HF_DATASETS_CACHE)"})
-    template: str = field(default="dyadic", metadata={"help": "prompt template", "choices": list(TEMPLATES)})
+    template: str | None = field(default=None, metadata={
+        "help": "prompt template (default: the one recorded by the checkpoint this run resumes or continues, "
+                "else dyadic)", "choices": list(TEMPLATES)})
     tokenization: str = field(default="original", metadata={
         "help": "dyadic runs with a sentencepiece (LLaMA-style) tokenizer: 'original' tokenises as the original's "
                 "slow LlamaTokenizer did (model.dyadic.training_tokenizer), 'as_loaded' as transformers loads it; "
@@ -518,10 +525,10 @@ def encode_records(records, data_hash: str, tokenizer, train_role: str, default_
     """
     from datasets import Features, List, Value
 
-    encoder = Encoder(tokenizer, train_role, data_args.template, data_args.model_max_length,
-                      data_args.system_prompt)
+    template = data_args.template or DEFAULT_TEMPLATE  # unset outside main (which follows the checkpoint)
+    encoder = Encoder(tokenizer, train_role, template, data_args.model_max_length, data_args.system_prompt)
     key = hashlib.sha256(json.dumps([ENCODING_VERSION, data_hash, records._fingerprint,
-                                     tokenizer_fingerprint(tokenizer), train_role, data_args.template,
+                                     tokenizer_fingerprint(tokenizer), train_role, template,
                                      data_args.model_max_length, data_args.system_prompt,
                                      default_system, bool(ended) and data_args.end_style]).encode()).hexdigest()[:24]
     cache_file, cached = None, False
@@ -635,21 +642,31 @@ def plot_losses(log_history: list[dict], path: Path) -> list[str]:
     return drawn
 
 
-def install_role_template(tokenizer, train_role: str, data_args: DataArguments, say) -> str | None:
-    """Dyadic runs: write the role's dyadic chat template into the tokenizer, so that every checkpoint and the
-    final save carry it (``vllm serve`` then renders the trained format; Socratic's opens a human turn).
+def prepare_chat_template(tokenizer, train_role: str, system: str, data_args: DataArguments,
+                          say) -> tuple[str | None, list[str]]:
+    """Write the chat template that serves the trained role into the tokenizer, so that every checkpoint and the
+    final save carry it: ``vllm serve`` then renders the trained format, and Socratic's opens a user turn.
 
-    Chat runs keep the base model's own template, which writes assistant turns only: serve a chat-mode
-    Socratic with ``model.serve --role human``. Returns the template's name, or None.
+    Dyadic runs: the role's dyadic template (model.dyadic). Chat runs: the base model's own template wrapped so
+    that it renders as training did, with ``system`` as the default (model.role_template). Returns the
+    template's name (model.checkpoint.CHAT_TEMPLATE_NAMES; None: none fits, the tokenizer keeps its own) and
+    notes on what it does beyond the plain rule, both said here, before training, and kept for the model card.
     """
-    if data_args.template != "dyadic":
-        return None
     try:
-        install_chat_template(tokenizer, train_role)
+        if data_args.template == "dyadic":
+            install_chat_template(tokenizer, train_role)
+            notes = []
+        else:
+            notes = install_role_template(tokenizer, train_role, system)
     except ValueError as err:
-        say(f"warning: not writing the dyadic chat template into the tokenizer: {err}")
-        return None
-    return "socratic" if train_role == HUMAN else "platolm"
+        kept = "the base model's own" if data_args.template == "chat" else "its own"
+        notes = [f"no chat template that serves the trained role fits ({err}); the tokenizer keeps {kept}, "
+                 f"whose generation prompt opens an assistant turn: serve it with `python -m model.serve`"]
+        say(f"warning: {notes[0]}")
+        return None, notes
+    for note in notes:
+        say(f"note: the saved chat template: {note}")
+    return CHAT_TEMPLATE_NAMES[train_role], notes
 
 
 def save_final(trainer, tokenizer, lora_args: LoraArguments) -> str:
@@ -692,6 +709,9 @@ def load_tokenizer(model_path: str, model_args: ModelArguments, data_args: DataA
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
+    if data_args.template == "chat" and not tokenizer.chat_template:
+        raise UsageError(f"--template chat: {model_args.model_name_or_path} has no chat template; "
+                         f"use --template dyadic")
     pad = ensure_pad_token(tokenizer, model_args.pad_token)  # the original's order: <pad> first, then the others
     end = LEARNED_ENDS[data_args.end_style]
     if data_args.end_token and end.added_token:  # one new id; its embeddings start as the mean (load_model)
@@ -741,11 +761,12 @@ def prepare_data(tokenizer, train_role: str, system_prompt: str, data_args: Data
     return Prepared(data_hash, summary, train_rows, eval_rows, len(train_pos), len(eval_pos), n_ended, efficiency)
 
 
-def run_record(train_role: str, system_prompt: str, model_args, lora_args, data_args, train_args, recipe,
-               argv, data: Prepared, **outcome) -> dict:
-    """What ``platolm_run.json`` says about the run (generation and simulation read the role and markers)."""
+def run_record(train_role: str, system: str, model_args, lora_args, data_args, recipe, argv, data: Prepared,
+               **outcome) -> dict:
+    """What ``platolm_run.json`` says about the run (model.checkpoint reads the template, role and system prompt
+    back; the model card is rendered from it). ``system``: the run's default system prompt."""
     return {
-        "train_role": train_role, "system_prompt": data_args.system_prompt or system_prompt,
+        "train_role": train_role, "system_prompt": system,
         "template": data_args.template, "model_max_length": data_args.model_max_length,
         "tokenization": data_args.tokenization, "base_model": model_args.model_name_or_path,
         "data_path": data_args.data_path, "data_hash": data.data_hash, "recipe": recipe,
@@ -762,13 +783,52 @@ def run_record(train_role: str, system_prompt: str, model_args, lora_args, data_
     }
 
 
-def train_or_resume(trainer, train_args: TrainArguments, stopper: StopOnSignal, say) -> dict | None:
-    """Train, resuming from the last checkpoint; the metrics, or None when a signal stopped it (saved)."""
+def resume_point(train_args: TrainArguments) -> str | None:
+    """The checkpoint this run resumes from: ``--resume_from_checkpoint``, else the last in ``--output_dir``."""
     from transformers.trainer_utils import get_last_checkpoint
 
     resume = train_args.resume_from_checkpoint
     if resume is None and train_args.auto_resume and os.path.isdir(train_args.output_dir):
         resume = get_last_checkpoint(train_args.output_dir)
+    return resume
+
+
+def follow_checkpoint(model_path: str, data_args: DataArguments, train_args: TrainArguments) -> None:
+    """``--template`` unset: the template recorded by the checkpoint this run resumes, else by the model it
+    continues (a checkpoint this trainer saved), else dyadic. Set but contradicting that record: a warning."""
+    resume = resume_point(train_args)
+    checkpoint = read_checkpoint(resume) if resume else None
+    if checkpoint is None or checkpoint.record_file is None:
+        checkpoint = read_checkpoint(model_path)
+    data_args.template = checkpoint.template_for(data_args.template)
+
+
+class RecordEachCheckpoint(TrainerCallback):
+    """Writes the run record and the model card into every ``checkpoint-N`` the Trainer saves."""
+
+    def __init__(self, record: dict):
+        self.record = record
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        if state.is_world_process_zero and folder.is_dir():
+            write_checkpoint_files(folder, {**self.record, "saved": "checkpoint", "steps": state.global_step,
+                                            "epochs": state.epoch})
+
+
+def write_final_record(trainer, record: dict, say) -> None:
+    """The loss plot, then the run record and the model card of the final save (model.checkpoint)."""
+    out = Path(trainer.args.output_dir)
+    plotted = plot_losses(trainer.state.log_history, out / LOSS_PLOT)
+    write_checkpoint_files(out, {**record, "steps": trainer.state.global_step, "epochs": trainer.state.epoch,
+                                 "loss_plot": LOSS_PLOT if plotted else None})
+    say(f"saved the {record['saved']} model, its tokenizer, trainer_state.json, {RUN_RECORD}, {MODEL_CARD}"
+        + (f" and {LOSS_PLOT}" if plotted else "") + f" in {out}")
+
+
+def train_or_resume(trainer, train_args: TrainArguments, stopper: StopOnSignal, say) -> dict | None:
+    """Train, resuming from the last checkpoint; the metrics, or None when a signal stopped it (saved)."""
+    resume = resume_point(train_args)
     if resume:
         say(f"resuming from {resume}")
     with stopper if train_args.world_size == 1 else contextlib.nullcontext():
@@ -792,12 +852,14 @@ def main(train_role: str, system_prompt: str, argv: list[str] | None = None) -> 
     main_rank = train_args.process_index == 0
     say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if main_rank else (lambda *a: None)
     model_path = resolve(model_args.model_name_or_path)
+    follow_checkpoint(model_path, data_args, train_args)
     tokenizer, pad, slow = load_tokenizer(model_path, model_args, data_args)
     if data_args.end_token and LEARNED_ENDS[data_args.end_style].system:
         system_prompt = LEARNED_ENDS[data_args.end_style].system  # a --system_prompt still wins (prepare_data)
+    system = system_prompt if data_args.system_prompt is None else data_args.system_prompt
+    chat_template, notes = prepare_chat_template(tokenizer, train_role, system, data_args, say)
     data = prepare_data(tokenizer, train_role, system_prompt, data_args, train_args, say)
     tokenizer.model_max_length = data_args.model_max_length  # after encoding, which cuts long ones itself
-    chat_template = install_role_template(tokenizer, train_role, data_args, say)
     say(f"train: {data.n_train} conversations in {len(data.train_rows)} rows "
         f"({'packed' if data_args.packing else 'one per row'}), eval: {data.n_eval}; "
         f"padding efficiency (real tokens / tokens computed) {data.efficiency:.3f} "
@@ -813,10 +875,14 @@ def main(train_role: str, system_prompt: str, argv: list[str] | None = None) -> 
     attn = model.config._attn_implementation
     collator = (PackingCollator(tokenizer.pad_token_id, flatten=attn == "flash_attention_2")
                 if data_args.packing else PaddingCollator(tokenizer.pad_token_id))
+    record = run_record(train_role, system, model_args, lora_args, data_args, recipe, argv, data, pad_token=pad,
+                        slow_llama_tokenization=slow, chat_template=chat_template, chat_template_notes=notes,
+                        attn_implementation=attn, fsdp_layers_to_wrap=wrap)
     stopper = StopOnSignal()
     trainer = Trainer(model=model, args=train_args, data_collator=collator, train_dataset=data.train_rows,
                       eval_dataset=data.eval_rows, processing_class=tokenizer,
-                      callbacks=[stopper.callback] if train_args.world_size == 1 else None)
+                      callbacks=[RecordEachCheckpoint(record)]
+                      + ([stopper.callback] if train_args.world_size == 1 else []))
 
     layers = f" wrapping {', '.join(wrap)}" if wrap else ""
     say(f"processes: {train_args.world_size}" + (f", FSDP{layers}" if trainer.is_fsdp_enabled else "")
@@ -832,13 +898,5 @@ def main(train_role: str, system_prompt: str, argv: list[str] | None = None) -> 
     saved = save_final(trainer, tokenizer, lora_args)
     trainer.save_state()
     if trainer.is_world_process_zero():
-        out = Path(train_args.output_dir)
-        plotted = plot_losses(trainer.state.log_history, out / LOSS_PLOT)
-        record = run_record(train_role, system_prompt, model_args, lora_args, data_args, train_args, recipe, argv,
-                            data, saved=saved, pad_token=pad, slow_llama_tokenization=slow,
-                            chat_template=chat_template, attn_implementation=attn, fsdp_layers_to_wrap=wrap,
-                            metrics=metrics, loss_plot=LOSS_PLOT if plotted else None)
-        atomic_write(out / RUN_RECORD, lambda f: json.dump(record, f, indent=2, default=str))
-        say(f"saved the {saved} model, its tokenizer, trainer_state.json, {RUN_RECORD}"
-            + (f" and {LOSS_PLOT}" if plotted else "") + f" in {out}")
+        write_final_record(trainer, {**record, "saved": saved, "metrics": metrics}, say)
     return 0

@@ -161,13 +161,15 @@ def test_trained_checkpoints_carry_the_roles_template(role, tiny_dir, tmp_path):
         assert ids == tok(Template(tok).prompt_for(history, role, SYSTEM_PROMPTS[role])).input_ids, folder
 
 
-def test_chat_template_runs_keep_the_base_models_template(tiny_dir, tmp_path):
+def test_chat_template_runs_wrap_the_base_models_template(tiny_dir, tmp_path):
+    """(tests/test_servable.py checks what the wrapped template renders.)"""
     from transformers import AutoTokenizer
 
+    from model.dyadic import base_chat_template
     from tests.test_train import write_convs
     from tests.tiny import CHAT_TEMPLATE
 
     data = write_convs(tmp_path / "convs.json", n=8, bad=False)
     record = train_in_process(HUMAN, tiny_dir, data, tmp_path / "out", "--template", "chat")
-    assert record["chat_template"] is None
-    assert AutoTokenizer.from_pretrained(tmp_path / "out").chat_template == CHAT_TEMPLATE
+    assert record["chat_template"] == "socratic"
+    assert base_chat_template(AutoTokenizer.from_pretrained(tmp_path / "out").chat_template) == CHAT_TEMPLATE

@@ -70,6 +70,7 @@ def test_tiny_demo_runs_every_stage_with_a_local_teacher(tiny_run):
         run = json.loads((out / model_dir / "platolm_run.json").read_text())
         assert run["train_role"] == {"socratic": "human", "platolm": "gpt"}[model_dir]
         assert (out / model_dir / "config.json").exists() and (out / model_dir / "loss.png").exists()
+        assert (out / model_dir / "README.md").read_text().startswith("---\nlibrary_name: transformers")  # model card
     socratic_run = json.loads((out / "socratic" / "platolm_run.json").read_text())
     history = json.loads((out / "socratic" / "trainer_state.json").read_text())["log_history"]
     assert socratic_run["conversations"]["eval"] >= 1 and any("eval_loss" in h for h in history)
