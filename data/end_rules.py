@@ -161,8 +161,9 @@ class TokenCounter:
             counter.budget = original_server_counter(path, template)
         return counter
 
-    def prompt_ids(self, turns: Sequence[Turn], next_role: str = HUMAN) -> list[int]:
-        text = self.template.prompt_for(turns, next_role, self.system)
+    def prompt_ids(self, turns: Sequence[Turn], next_role: str = HUMAN, system: str | None = None) -> list[int]:
+        """The prompt's ids, after ``system`` (default: the simulator's own prompt; a session's intent adds to it)."""
+        text = self.template.prompt_for(turns, next_role, self.system if system is None else system)
         return self.tokenizer(text, add_special_tokens=self.template.add_special_tokens)["input_ids"]
 
     def budget_tokens(self, turns: Sequence[Turn], ids: Sequence[int] | None = None) -> int:

@@ -6,7 +6,8 @@ question, and its answer when the seed has one, kept verbatim) and is one ``core
 skipped (no round worth keeping: never retried); a call whose retries ran out fails it, and the engine
 counts it for the next run to retry. When a session ends is the :class:`~data.end_rules.EndRule`'s
 business; either side (the simulator, and the teacher or an assistant under test) is anything with
-``ask(turns, seed)`` / ``answer(turns)``.
+``ask(turns, seed, intent, persona)`` / ``answer(turns)``: a session's intent (``data.intents``) goes to the
+simulator only, never to the side that answers.
 """
 from __future__ import annotations
 
@@ -27,14 +28,17 @@ MARKER_RESAMPLES = 3  # a suppressed end marker (or, rule fit, an empty question
 @dataclass
 class SessionSpec:
     id: str
-    mode: str  # "free" | "seeded"
+    mode: str  # "free" | "seeded" | "intent"
     seed_id: str | None = None
     question: str | None = None  # seeded: the seed's first question, verbatim
     answer: str | None = None  # ... and its answer; None: the teacher answers the seed question
+    intent: str | None = None  # what the simulated person wants (data.intents): the simulator's only
+    persona: str | None = None  # ... and how they write
 
     def stub(self) -> dict:
         """The fields every record of this session starts with (finished, skipped or failed)."""
-        return {"id": self.id, "mode": self.mode, **({"seed_id": self.seed_id} if self.seed_id is not None else {})}
+        given = {"seed_id": self.seed_id, "intent": self.intent, "persona": self.persona}
+        return {"id": self.id, "mode": self.mode, **{k: v for k, v in given.items() if v is not None}}
 
 
 @dataclass
@@ -79,7 +83,7 @@ async def next_question(simulator, turns: list[Turn], spec: SessionSpec, cfg: Se
     """
     rounds, why = len(turns) // 2, "empty_question"
     for attempt in range(MARKER_RESAMPLES + 1):
-        q = await simulator.ask(turns, request_seed(cfg.seed, spec.id, rounds) + attempt)
+        q = await simulator.ask(turns, request_seed(cfg.seed, spec.id, rounds) + attempt, spec.intent, spec.persona)
         usage.add_question(q)
         why = cfg.rule.resample_reason(q, rounds)
         if why is None:

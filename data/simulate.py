@@ -10,6 +10,11 @@ verbatim; a question-only seed, such as Dolly's, is answered by the teacher firs
 
     python -m data.simulate ... --mode seeded --seeds seeds.json --out runs/seeded.jsonl
 
+Conditioned on intents (each session pursues one record's intent, ``data.intents``; the teacher never sees
+it; a record with a seed question is answered first, as in seeded mode)::
+
+    python -m data.simulate ... --intents intents.jsonl --num-sessions 1000 --out runs/intents.jsonl
+
 Static role-play, the paper's baseline (a chat model prompted to act as the user)::
 
     python -m data.simulate --simulator https://api.openai.com/v1 --simulator-model gpt-3.5-turbo \\
@@ -41,6 +46,7 @@ from core.errors import UsageError
 from core.options import MAX_RETRIES
 from core.runner import command
 from data.end_rules import BUDGET_COUNTS, END_RULES, EndRule
+from data.intents import INTENT_MODE, read_intents
 from data.session import SessionConfig, SessionSpec, session_jobs
 from model.dyadic import LEARNED_ENDS, TOKENIZATIONS
 from data.sessions_store import SessionStore
@@ -79,6 +85,26 @@ def seeded_specs(path: str, seed: int, strict: bool, summary: BadRecordSummary) 
         specs.append(SessionSpec(f"seeded-{conv.id}", "seeded", conv.id, t[0].text, answer))
     random.Random(seed).shuffle(specs)
     return specs
+
+
+def session_specs(mode: str, path: str | None, seed: int, strict: bool) -> tuple[Iterable[SessionSpec], int | None]:
+    """The sessions of a run in the order they run (free: endless; seeded: shuffled by ``seed``; intent: the
+    file's order), and how many there are (None in free mode); bad records are counted on stderr."""
+    if mode == "free":
+        return free_specs(), None
+    summary = BadRecordSummary()
+    if mode == INTENT_MODE:
+        specs = [rec.spec() for rec in read_intents(path, strict, summary)]
+    else:
+        specs = seeded_specs(path, seed, strict, summary)
+    if summary.total:
+        print(summary.report(f"{mode} records"), file=sys.stderr)
+    return specs, len(specs)
+
+
+def run_mode(args) -> str:
+    """free | seeded | intent (``--intents`` given)."""
+    return INTENT_MODE if getattr(args, "intents", None) else args.mode
 
 
 # -- command line ---------------------------------------------------------------------------------
@@ -148,8 +174,11 @@ def add_teacher_args(g) -> None:
 def add_session_args(g) -> None:
     g.add_argument("--mode", choices=["free", "seeded"], default="free")
     g.add_argument("--seeds", help="seeded mode: ShareGPT or OpenAI-messages file (JSON array or JSONL)")
+    g.add_argument("--intents",
+                   help="condition every session on one record's 'intent' (and 'persona'; a seed question, if "
+                        "any, opens it): JSON array or JSONL, in file order (see data/intents.py)")
     g.add_argument("--seed", type=int, default=0, help="which seeds are drawn (shuffle) and sampling seeds")
-    g.add_argument("--strict", action="store_true", help="stop at the first bad seed record")
+    g.add_argument("--strict", action="store_true", help="stop at the first bad seed or intent record")
     g.add_argument("--num-sessions", type=int, required=True)
     g.add_argument("--end-rule", choices=END_RULES, default="paper",
                    help="when a session ends (default paper; see data/end_rules.py)")
@@ -171,6 +200,9 @@ def check_args(p: argparse.ArgumentParser, args) -> None:
         p.error("--mode seeded needs --seeds FILE")
     if args.mode == "free" and args.seeds:
         p.error("--seeds is only used with --mode seeded")
+    if args.intents and args.mode != "free":
+        p.error("--intents runs conditioned sessions (a record's seed question opens its session): "
+                "leave out --mode seeded and --seeds")
     for name in ("num_sessions", "concurrency", "max_context", "max_new_tokens", "min_turns"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -195,7 +227,8 @@ def simulator_spec(args) -> SimulatorSpec:
         tokenization=args.tokenization, budget_count=args.budget_count,
         sampling=Sampling(args.simulator_temperature, args.simulator_top_p, args.max_new_tokens),
         template=args.template, device=args.device, engine=args.engine, batch_window_s=args.batch_window_ms / 1000,
-        roleplay_prompt=args.roleplay_prompt, max_retries=args.max_retries, timeout=args.request_timeout)
+        roleplay_prompt=args.roleplay_prompt, max_retries=args.max_retries, timeout=args.request_timeout,
+        conditioned=run_mode(args) == INTENT_MODE)
 
 
 def teacher_spec(args) -> TeacherSpec:
@@ -217,24 +250,19 @@ def run_meta(args, simulator, model: str) -> dict:
             "budget_counted_by": "tokenizer" if getattr(simulator, "counter", None) else "server usage",
             "budget_count": args.budget_count,
             "teacher_base_url": args.teacher_base_url, "teacher_model": args.teacher_model,
-            "teacher_temperature": args.teacher_temperature, "teacher_system": args.teacher_system}
+            "teacher_temperature": args.teacher_temperature, "teacher_system": args.teacher_system,
+            **({"intents": args.intents} if args.intents else {})}
 
 
 # -- the run --------------------------------------------------------------------------------------
 def plan(args, store: SessionStore) -> tuple[Iterable[SessionSpec], int | None]:
     """The candidates still to run, and how many seeds there are (None in free mode)."""
-    other = store.modes() - {args.mode}
+    mode = run_mode(args)
+    other = store.modes() - {mode}
     if other:
         raise UsageError(f"{args.out} holds {', '.join(sorted(map(str, other)))} sessions; "
-                         f"use another --out for --mode {args.mode}")
-    if args.mode == "free":
-        specs, n_seeds = free_specs(), None
-    else:
-        summary = BadRecordSummary()
-        specs = seeded_specs(args.seeds, args.seed, args.strict, summary)
-        n_seeds = len(specs)
-        if summary.total:
-            print(summary.report("seed records"), file=sys.stderr)
+                         f"use another --out for {'--intents' if mode == INTENT_MODE else '--mode ' + mode}")
+    specs, n_seeds = session_specs(mode, args.intents or args.seeds, args.seed, args.strict)
     return (s for s in specs if s.id not in store.finished and s.id not in store.skipped), n_seeds
 
 
@@ -267,7 +295,7 @@ async def main_async(args) -> int:
         print(f"{args.out} already holds {have} sessions (asked for {args.num_sessions}); nothing to do",
               file=sys.stderr)
         return 0
-    ends = EndReasons(args.mode == "free")
+    ends = EndReasons(run_mode(args) == "free")
     async with AsyncExitStack() as stack:
         teacher = build_teacher(teacher_spec(args))
         stack.push_async_callback(teacher.close)
@@ -281,8 +309,8 @@ async def main_async(args) -> int:
         report(args, tally, ends.counts, have, simulator, teacher, store)
     tally.raise_if_failed("sessions", store.failed_path)
     if have + tally.done < args.num_sessions:
-        print(f"only {n_seeds} usable seeds: {have + tally.done} sessions instead of {args.num_sessions}",
-              file=sys.stderr)
+        print(f"only {n_seeds} usable {'intents' if args.intents else 'seeds'}: {have + tally.done} sessions "
+              f"instead of {args.num_sessions}", file=sys.stderr)
         return 1
     return 0
 
@@ -301,7 +329,8 @@ def report(args, tally: Tally, end_reasons: Counter, have: int, simulator, teach
             say(f"{side} requests per endpoint: "
                 + ", ".join(f"{url} {n}" for url, n in zip(endpoint.base_urls, endpoint.calls)))
     if tally.skipped:
-        say(f"skipped {tally.skipped} {'seeds' if args.mode == 'seeded' else 'sessions'} that ended before a "
+        noun = {"seeded": "seeds", INTENT_MODE: "intents"}.get(run_mode(args), "sessions")
+        say(f"skipped {tally.skipped} {noun} that ended before a "
             f"round worth keeping, e.g. a first round that fills --max-context (listed in {store.skipped_path})")
     for reason, n in tally.failure_reasons.most_common(3):
         say(f"  {n:>5} failed: {reason}")

@@ -14,6 +14,10 @@ session cannot go on. Simulators (``--simulator-kind``):
   model is told by a role-play prompt (its system message, holding the transcript so far) to write
   the human's next message.
 
+A session's intent (``data.intents``) reaches a Socratic through its system prompt
+(``model.dyadic.intent_system``: the paper's prompt, then the intent and persona) and a role-play
+simulator through the ``{intent}`` placeholder of its prompt.
+
 Commands build both sides from typed specs (:class:`SimulatorSpec`, :class:`TeacherSpec`) with
 :func:`build_simulator` and :func:`build_teacher`, never from another command's parsed arguments.
 """
@@ -35,11 +39,11 @@ from core.endpoint import DEFAULT_KEY_ENV, Endpoint, Prices, Reply, is_context_e
 from core.errors import UsageError
 from core.options import MAX_RETRIES
 from data.end_rules import EndOfSession, EndRule, Question, TokenCounter, original_server_counter
-from model.dyadic import SOCRATIC_SYSTEM
+from model.dyadic import SOCRATIC_SYSTEM, intent_system
 
 DEFAULT_ROLEPLAY_PROMPT = Path(__file__).resolve().parent / "prompts" / "roleplay.txt"
 TEACHER_SYSTEM = "You are an artificial intelligence assistant."  # the original's system message
-CONVERSATION = "{conversation}"
+CONVERSATION, INTENT = "{conversation}", "{intent}"
 _SPEAKER_LABEL = re.compile(r"^\s*(?:human|user)\s*:\s*", re.IGNORECASE)
 
 
@@ -82,14 +86,17 @@ class SocraticEndpoint:
         # none), else Socratic's; sending it always gives a free-mode opening a message to send
         self.system = system if system is not None else counter.system if counter is not None else SOCRATIC_SYSTEM
 
-    async def ask(self, turns: Sequence[Turn], seed: int) -> Question:
+    async def ask(self, turns: Sequence[Turn], seed: int, intent: str | None = None,
+                  persona: str | None = None) -> Question:
         s, window = self.sampling, self.rule.window if self.counter is not None else None
-        reply = await chat_or_end(self.endpoint, self.rule.context_full(), to_messages(turns, self.system),
+        system = intent_system(intent, persona, self.system)
+        reply = await chat_or_end(self.endpoint, self.rule.context_full(), to_messages(turns, system),
                                   allow_empty=True, temperature=s.temperature, top_p=s.top_p,
                                   max_tokens=s.max_new_tokens, seed=seed,
                                   extra_body={"truncate_prompt_tokens": window} if window else None)
         served = reply.prompt_tokens or 0
-        whole = self.counter.budget_tokens(turns) if self.counter is not None else served
+        whole = (self.counter.budget_tokens(turns, self.counter.prompt_ids(turns, system=system))
+                 if self.counter is not None else served)
         return Question(reply.text.strip(), whole, reply.completion_tokens or 0, reply.finish_reason, served)
 
     async def close(self) -> None:
@@ -97,31 +104,43 @@ class SocraticEndpoint:
 
 
 class RoleplaySimulator:
-    """Static role-play: a chat model prompted (system message) to write the human's next message."""
+    """Static role-play: a chat model prompted (system message) to write the human's next message.
+
+    The prompt's ``{conversation}`` is replaced by the transcript so far; its ``{intent}`` by the session's
+    intent (then its persona, if any); in a session without an intent the line holding ``{intent}`` is left
+    out. ``conditioned``: the sessions carry intents, so the prompt must have the placeholder.
+    """
 
     def __init__(self, endpoint: Endpoint, sampling: Sampling, prompt: str, counter: TokenCounter | None = None,
-                 source: str = "the role-play prompt"):
-        if CONVERSATION not in prompt:
-            raise UsageError(f"{source}: the role-play prompt needs a {CONVERSATION} placeholder where the "
-                             f"transcript so far goes")
+                 source: str = "the role-play prompt", conditioned: bool = False):
+        for placeholder, needed, what in ((CONVERSATION, True, "the transcript so far"),
+                                          (INTENT, conditioned, "each session's intent (--intents)")):
+            if needed and placeholder not in prompt:
+                raise UsageError(f"{source}: the role-play prompt needs a {placeholder} placeholder where "
+                                 f"{what} goes")
         self.endpoint, self.sampling, self.prompt, self.counter = endpoint, sampling, prompt, counter
 
     @classmethod
     def from_file(cls, endpoint: Endpoint, sampling: Sampling, path: str | Path,
-                  counter: TokenCounter | None = None) -> "RoleplaySimulator":
+                  counter: TokenCounter | None = None, conditioned: bool = False) -> "RoleplaySimulator":
         path = Path(path)
         if not path.is_file():
             raise UsageError(f"{path}: role-play prompt file not found")
-        return cls(endpoint, sampling, path.read_text(encoding="utf-8"), counter, source=str(path))
+        return cls(endpoint, sampling, path.read_text(encoding="utf-8"), counter, str(path), conditioned)
 
-    def render(self, turns: Sequence[Turn]) -> str:
+    def render(self, turns: Sequence[Turn], intent: str | None = None, persona: str | None = None) -> str:
         names = {HUMAN: "User", GPT: "Assistant"}
         transcript = "\n\n".join(f"{names[t.role]}: {t.text}" for t in turns)
-        return self.prompt.replace(CONVERSATION, transcript or "(The conversation has not started yet.)")
+        if intent is None:  # the line that states the intent goes with it
+            prompt = "".join(line for line in self.prompt.splitlines(keepends=True) if INTENT not in line)
+        else:
+            prompt = self.prompt.replace(INTENT, " ".join(x.strip() for x in (intent, persona) if x))
+        return prompt.replace(CONVERSATION, transcript or "(The conversation has not started yet.)")
 
-    async def ask(self, turns: Sequence[Turn], seed: int) -> Question:
-        s = self.sampling
-        reply = await self.endpoint.chat([{"role": "system", "content": self.render(turns)}], allow_empty=True,
+    async def ask(self, turns: Sequence[Turn], seed: int, intent: str | None = None,
+                  persona: str | None = None) -> Question:
+        s, system = self.sampling, self.render(turns, intent, persona)
+        reply = await self.endpoint.chat([{"role": "system", "content": system}], allow_empty=True,
                                          temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_new_tokens,
                                          seed=seed)
         text = _SPEAKER_LABEL.sub("", reply.text.strip(), count=1).strip()
@@ -166,18 +185,20 @@ class LocalSimulator:
                                     generator.system_for(HUMAN) if system is None else system)
         self.batcher = MicroBatcher(self._generate, wait_s=window_s)  # its counts are reported at the end
 
-    async def ask(self, turns: Sequence[Turn], seed: int) -> Question:
-        q = await self.batcher.submit((list(turns), seed))
+    async def ask(self, turns: Sequence[Turn], seed: int, intent: str | None = None,
+                  persona: str | None = None) -> Question:
+        q = await self.batcher.submit((list(turns), seed, intent_system(intent, persona, self.counter.system)))
         note_usage(q.input_tokens or 0, q.completion_tokens)
         return q
 
-    def _generate(self, batch: list[tuple[list[Turn], int]]) -> list[Question | EndOfSession]:
-        """The next question of every waiting session, in one generate call with one seed: the first one's."""
+    def _generate(self, batch: list[tuple[list[Turn], int, str]]) -> list[Question | EndOfSession]:
+        """The next question of every waiting session (each after its own system prompt), in one generate
+        call with one seed: the first one's."""
         s, rule = self.sampling, self.rule
         results: list[Question | EndOfSession | None] = [None] * len(batch)
         prompts, wholes, where = [], [], []
-        for i, (turns, _) in enumerate(batch):
-            whole = self.counter.prompt_ids(turns)
+        for i, (turns, _, system) in enumerate(batch):
+            whole = self.counter.prompt_ids(turns, system=system)
             given = rule.visible(whole)
             try:
                 rule.check_prompt(len(whole))
@@ -224,6 +245,7 @@ class SimulatorSpec:
     roleplay_prompt: str = str(DEFAULT_ROLEPLAY_PROMPT)
     max_retries: int = MAX_RETRIES
     timeout: float = 600.0
+    conditioned: bool = False  # the sessions carry intents (a role-play prompt then needs its {intent})
 
     @property
     def local(self) -> bool:
@@ -245,6 +267,7 @@ class TeacherSpec:
     prices: Prices | None = None  # for the spend (core.endpoint.CallStats.cost)
     max_retries: int = MAX_RETRIES
     timeout: float = 600.0
+    what: str = "teacher"  # how its errors name it ("assistant NAME" in an evaluation)
 
 
 async def served_tokenizer(endpoint: Endpoint) -> str | None:
@@ -284,7 +307,8 @@ async def build_simulator(spec: SimulatorSpec, rule: EndRule, stack: AsyncExitSt
         raise UsageError("--budget-count original-server counts with the simulator's tokenizer: give "
                          "--simulator-tokenizer")
     if spec.kind == "roleplay":
-        return RoleplaySimulator.from_file(endpoint, spec.sampling, spec.roleplay_prompt, counter), model
+        return RoleplaySimulator.from_file(endpoint, spec.sampling, spec.roleplay_prompt, counter,
+                                           spec.conditioned), model
     if counter is None:
         print("note: the simulator's tokenizer is unknown (pass --simulator-tokenizer): the budget is counted "
               "from the server's usage figures and the simulator sees the whole conversation", file=sys.stderr)
@@ -293,5 +317,5 @@ async def build_simulator(spec: SimulatorSpec, rule: EndRule, stack: AsyncExitSt
 
 def build_teacher(spec: TeacherSpec) -> Teacher:
     endpoint = Endpoint(spec.base_urls, spec.model, spec.key_env, spec.max_retries, spec.timeout, spec.rpm, spec.tpm,
-                        what="teacher", prices=spec.prices)
+                        what=spec.what, prices=spec.prices)
     return Teacher(endpoint, spec.system, spec.temperature, spec.max_tokens, spec.keep_truncated)

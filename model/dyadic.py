@@ -229,6 +229,32 @@ def base_chat_template(text: str | None) -> str | None:
     return text.split(start, 1)[1].rsplit(end, 1)[0]
 
 
+INTENT_LABEL, PERSONA_LABEL = "Intent: ", "Persona: "
+
+
+def intent_system(intent: str | None, persona: str | None = None, base: str = SOCRATIC_SYSTEM) -> str:
+    """Socratic's system prompt conditioned on what the person wants (and how they write).
+
+    The one form, shared by training (``--condition intent``), simulation (``data.simulate --intents``) and
+    serving (a request's system message, rendered verbatim by the saved chat template)::
+
+        base + "Intent: " + intent + "\\n\\n" [+ "Persona: " + persona + "\\n\\n"]
+
+    ``base`` is the paper's prompt by default, which ends in a blank line, so each added paragraph ends in
+    one too and ``Human: `` follows a blank line as before. Without an intent the prompt is exactly ``base``
+    (a persona alone adds nothing: one checkpoint serves conditioned and free generation). The intent and
+    persona are stripped; an intent that is empty after stripping is an error, never a silent free prompt.
+    """
+    if intent is None:
+        return base
+    if not isinstance(intent, str) or not intent.strip():
+        raise ValueError(f"an intent must be a non-empty string, not {intent!r}")
+    text = f"{base}{INTENT_LABEL}{intent.strip()}\n\n"
+    if persona is not None and persona.strip():
+        text += f"{PERSONA_LABEL}{persona.strip()}\n\n"
+    return text
+
+
 def default_system(train_role: str, conv: Conversation | None = None, override: str | None = None) -> str:
     """The system prompt: an explicit override, else the record's own, else the role's paper prompt."""
     if override is not None:

@@ -10,6 +10,14 @@ reply that would run past N words is cut with ``finish_reason: "length"``, as a 
 As ``--role human`` with ``--end-after K`` it writes the end-of-conversation marker
 (``model.dyadic.END_OF_CONVERSATION``) instead of question K+1, like a Socratic trained with ``--end_token``.
 ``--log-requests FILE`` appends every request body to FILE (JSONL), for tests of what a caller sends.
+``--prefix TEXT`` starts every reply with TEXT (two assistants that differ in a known way); as ``--role human``,
+``--use-seed`` makes the question depend on the request's ``seed`` too (a sampling simulator), and
+``--misbehave empty|assistant|repeat`` makes it fail as a simulator can: empty turns, turns written as an
+assistant would, or the previous human turn again. ``--role judge`` rates what it is sent: asked for a verdict
+between A and B (the request mentions ``[[A]]``), ``[[A]]`` when ``--prefer`` occurs before ``--avoid`` (or
+neither occurs: a judge with a position bias), else ``[[B]]``; asked for a rating, ``Rating: [[9]]`` when the
+request holds ``--prefer``, ``[[2]]`` when it holds ``--avoid``, else a rating from 1 to 10 drawn from a hash of
+the request; every ``--unsure-every``-th judge reply holds no verdict at all.
 ``--hold N`` makes chat requests wait for each other in groups of N (a barrier) and ``/stats`` count the
 most ever in flight at once (``in_flight_max``): a client's concurrency, seen by events, not by timing.
 
@@ -24,6 +32,7 @@ Usage::
     python -m tests.fault_teacher --port 0 --port-file port.txt --latency 0.05 \\
         --fault-every 3 --faults 429,500,drop,garbage,empty [--role gpt|human] [--max-context 200] \\
         [--answer-words 12] [--api-key-env TEACHER_KEY] [--end-after K] [--log-requests FILE]
+    python -m tests.fault_teacher --role judge --prefer "Glad to help" --avoid Whatever [--unsure-every 5]
 """
 from __future__ import annotations
 
@@ -71,6 +80,39 @@ class _QuietDrops(logging.Filter):
 def _words(n: int, key: str) -> list[str]:
     digest = hashlib.sha256(key.encode()).digest()
     return [WORDS[digest[i % len(digest)] % len(WORDS)] for i in range(n)]
+
+
+ASSISTANT_LIKE = ("Certainly! Here is a detailed explanation. First, it is important to understand the basics. "
+                  "I hope this helps! Let me know if you have any other questions.")
+
+
+def judge_reply(args, messages: list[dict], n: int) -> str:
+    """``--role judge``: a verdict or a rating from what the request holds (see the module docstring)."""
+    text = "\n".join(str(m.get("content", "")) for m in messages)
+    if args.unsure_every and n % args.unsure_every == 0:
+        return "Both have their merits; I cannot decide."
+    at = {w: text.find(w) if w and w in text else len(text) + 1 for w in (args.prefer, args.avoid)}
+    if "[[A]]" in text:
+        return "Verdict: [[A]]" if at[args.prefer] <= at[args.avoid] else "Verdict: [[B]]"
+    if args.prefer and args.prefer in text:
+        return "Rating: [[9]]"
+    if args.avoid and args.avoid in text:
+        return "Rating: [[2]]"
+    return f"Rating: [[{1 + hashlib.sha256(text.encode()).digest()[0] % 10}]]"
+
+
+def human_words(args, turns: list[dict], body: dict, last: str) -> list[str]:
+    """``--role human``: the next question (or the failure ``--misbehave`` names)."""
+    n = sum(m["role"] == "assistant" for m in turns) + 1
+    asked = [str(m.get("content", "")) for m in turns if m["role"] == "user"]
+    if args.misbehave == "empty":
+        return []
+    if args.misbehave == "assistant":
+        return ASSISTANT_LIKE.split() + [f"({n})"]
+    if args.misbehave == "repeat" and asked:
+        return asked[-1].split()
+    seed = f"|{body.get('seed')}" if args.use_seed else ""
+    return ["Question", f"{n}:"] + _words(args.answer_words, f"q{n}|{last}{seed}") + ["?"]
 
 
 def _error(status: int, message: str, code: str | None = None, etype: str = "invalid_request_error"):
@@ -162,10 +204,13 @@ def make_app(args) -> FastAPI:
         if args.role == "human" and args.end_after and n_user >= args.end_after:
             words = [END_OF_CONVERSATION]
         elif args.role == "human":
-            n = sum(m["role"] == "assistant" for m in turns) + 1
-            words = ["Question", f"{n}:"] + _words(args.answer_words, f"q{n}|{last}") + ["?"]
+            words = human_words(args, turns, body, last)
+        elif args.role == "judge":
+            words = judge_reply(args, messages, stats["ok"] + 1).split()
         else:
             words = ["Answer", f"{n_user}:"] + _words(args.answer_words, f"a{n_user}|{last}") + ["."]
+        if args.prefix and words:
+            words = args.prefix.split() + words
         finish = "stop"
         limit = body.get("max_tokens") or body.get("max_completion_tokens")
         if limit and len(words) > limit:
@@ -191,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=0, help="0 picks a free port (see --port-file)")
     p.add_argument("--port-file", help="write the bound port here once the server accepts connections")
     p.add_argument("--model", default="fault-teacher")
-    p.add_argument("--role", choices=["gpt", "human"], default="gpt")
+    p.add_argument("--role", choices=["gpt", "human", "judge"], default="gpt")
     p.add_argument("--latency", type=float, default=0.0, help="seconds before every answer")
     p.add_argument("--fault-every", type=int, default=0, help="every K-th request fails (0: never)")
     p.add_argument("--faults", default="429,500,drop,garbage,empty", help=f"comma list of {FAULT_KINDS}")
@@ -202,6 +247,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--end-after", type=int, default=0, help="--role human: end the conversation after K rounds")
     p.add_argument("--log-requests", help="append every request body to this JSONL file")
     p.add_argument("--hold", type=int, default=0, help="chat requests wait for each other in groups of N")
+    p.add_argument("--prefix", default="", help="start every reply with this text")
+    p.add_argument("--use-seed", action="store_true", help="--role human: the question depends on the seed too")
+    p.add_argument("--misbehave", choices=["empty", "assistant", "repeat"],
+                   help="--role human: empty turns, assistant-like turns, or the previous human turn again")
+    p.add_argument("--prefer", default="", help="--role judge: the text it prefers")
+    p.add_argument("--avoid", default="", help="--role judge: the text it dislikes")
+    p.add_argument("--unsure-every", type=int, default=0, help="--role judge: every K-th reply has no verdict")
     args = p.parse_args(argv)
     bad = [f for f in args.faults.split(",") if f and f not in FAULT_KINDS]
     if bad:
