@@ -717,7 +717,7 @@ def load_tokenizer(model_path: str, model_args: ModelArguments, data_args: DataA
     if data_args.end_token and end.added_token:  # one new id; its embeddings start as the mean (load_model)
         # not flagged special (the original's was its sep_token): generation skips special tokens when decoding
         tokenizer.add_tokens([AddedToken(end.marker, normalized=False, special=False)])
-    training_tokenizer(tokenizer, data_args.tokenization, data_args.template)
+    training_tokenizer(tokenizer, data_args.tokenization, data_args.template or DEFAULT_TEMPLATE)  # unset: a base model
     return tokenizer, pad, tokenises_as_slow_llama(tokenizer)
 
 
