@@ -97,8 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", default="smollm2")
     p.add_argument("--template", default="chat")
     p.add_argument("--n", type=int, default=500)
-    add_flag(p, "--max-context", "--max-length", type=int, default=512,
-             help="tokens each conversation is scored in")
+    add_flag(p, "--max-context", "--max-length", type=int, default=512, help="the context it is scored in")
     p.add_argument("--loop-n", type=int, help="conversations for the loop, spread over the pools (default: all)")
     p.add_argument("--batch-tokens", type=int, default=4096)
     p.add_argument("--pool", type=int, default=100, help="conversations per pool (the CLI's default is 256)")
