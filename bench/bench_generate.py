@@ -108,7 +108,7 @@ def bench_server(args) -> None:
     log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("PLATOLM_API_KEY", None)
-    proc = subprocess.Popen([sys.executable, "-m", "model.serve", "--model-path", args.model, "--role", "gpt",
+    proc = subprocess.Popen([sys.executable, "-m", "model.serve", "--model", args.model, "--role", "gpt",
                              "--device", "cpu", "--port", str(port), "--max-batch", str(args.requests)],
                             stdout=log, stderr=subprocess.STDOUT, env=env)
     try:

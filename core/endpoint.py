@@ -31,6 +31,7 @@ from core.errors import UsageError
 
 OPENAI_URL = "https://api.openai.com/v1"
 DEFAULT_KEY_ENV = "OPENAI_API_KEY"
+MAX_RETRIES = 6  # retries per request, in every command (core.options' --max-retries)
 # Errors no retry can get past: a whole run stops on them instead of failing every request.
 FATAL = (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError)
 
@@ -161,7 +162,7 @@ class Endpoint:
     """One model behind one or more OpenAI-compatible base URLs (see the module docstring)."""
 
     def __init__(self, base_url: str | Sequence[str] | None, model: str | None = None,
-                 key_env: str | None = DEFAULT_KEY_ENV, max_retries: int = 6, timeout: float = 600.0,
+                 key_env: str | None = DEFAULT_KEY_ENV, max_retries: int = MAX_RETRIES, timeout: float = 600.0,
                  rpm: float | None = None, tpm: float | None = None, what: str = "endpoint",
                  prices: Prices | None = None):
         urls = [base_url] if base_url is None or isinstance(base_url, str) else list(base_url)

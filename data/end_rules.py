@@ -13,7 +13,7 @@
   fits C. Seeded sessions with only their seed round are kept.
 * ``learned``: the simulator ends the session itself by writing an end marker as its next question
   (``END_OF_CONVERSATION``, or ``<e>`` for the original's experiment: a Socratic trained with
-  ``--end_token [--end_style original]``), once at least ``--min-turns`` rounds are done; the
+  ``--end-token [--end-style original]``), once at least ``--min-turns`` rounds are done; the
   paper's budget still applies. Under the other rules (and before ``--min-turns``) the marker is
   suppressed: the question is asked again with another seed.
 

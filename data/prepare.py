@@ -17,8 +17,7 @@ Other sub-commands::
     python -m data.prepare stats --data a.jsonl b.jsonl c.json --name Socratic role-play ShareGPT --tokenizer smollm2
 
 Inputs are ShareGPT or OpenAI-messages JSON arrays / JSONL (read streaming; a file cut off mid-record
-yields its complete records and a warning) or a Hugging Face datasets directory (``--in`` is an alias of
-``--data``). Outputs are written atomically: a JSON array, or JSONL when the name ends in .jsonl. Bad
+yields its complete records and a warning) or a Hugging Face datasets directory. Outputs are written atomically: a JSON array, or JSONL when the name ends in .jsonl. Bad
 records are skipped and counted, each message naming file, record and reason; ``--strict`` stops at the
 first one, before anything is written. ``clean`` and ``split`` checkpoint every ``--checkpoint-every``
 input conversations into OUT.partial.jsonl: after a crash or Ctrl-C, the same command resumes where it
@@ -35,6 +34,7 @@ from typing import Iterable, Iterator
 
 from core.conversation import GPT, HUMAN, BadRecordSummary, atomic_write, parse_record
 from core.errors import UsageError
+from core.options import add_flag
 from core.runner import command
 
 from core.formats import FORMATS, is_hf_dir, iter_input, write_output, write_rows
@@ -145,7 +145,7 @@ def cmd_seeds(args) -> int:
     if args.tokenizer:
         from model.dyadic import training_tokenizer
 
-        seeds = drop_over_budget(seeds, training_tokenizer(args.tokenizer, args.tokenization), args.max_length,
+        seeds = drop_over_budget(seeds, training_tokenizer(args.tokenizer, args.tokenization), args.max_context,
                                  args.inp, args.strict, args.summary)
     print(draw.describe("category"), file=sys.stderr)
     n = write_output(args.out, seeds)
@@ -235,7 +235,8 @@ def _corpus_commands(sub, command_parser, resumable) -> None:
                                             "tokenises them")
     sp.add_argument("--tokenizer", required=True, help="tokenizer path, hub name, or 'smollm2'")
     tokenization(sp)
-    sp.add_argument("--max-length", type=int, default=2048)
+    sp.add_argument("--max-length", type=int, default=2048, help="tokens per segment, as the trainer's --max-length "
+                                                                 "(default 2048)")
     sp.add_argument("--cut", default="original", choices=CUTS,
                     help="original (default): an overflowing answer stays in its segment (which runs over) and "
                          "starts the next, as the original; round: cut between rounds, every segment fits")
@@ -284,9 +285,10 @@ def _sample_commands(sub, command_parser) -> None:
     sp.add_argument("--source", required=True, choices=SEED_SOURCES)
     sampled(sp)
     sp.add_argument("--with-answer", action="store_true", help="dolly: keep Dolly's response as the first answer")
-    sp.add_argument("--tokenizer", help="also skip seeds that leave Socratic no room within --max-length")
+    sp.add_argument("--tokenizer", help="also skip seeds that leave Socratic no room within --max-context")
     tokenization(sp)
-    sp.add_argument("--max-length", type=int, default=2048)
+    add_flag(sp, "--max-context", "--max-length", type=int, default=2048,
+             help="the simulator's context budget in tokens (default 2048, as data.simulate)")
 
     sp = command_parser("baseline", cmd_baseline, "baseline corpora (UltraChat, Baize, ShareGPT) to ShareGPT, "
                                                   "sampled by sub-corpus as the original", many=True,
@@ -312,8 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     def command_parser(name, func, help_, out=True, many=False,
                        data_help="input file (JSON array / JSONL) or datasets directory"):
         sp = sub.add_parser(name, help=help_, description=help_)
-        sp.add_argument("--data", "--in", dest="inp", required=True, metavar="FILE", nargs="+" if many else None,
-                        help=data_help)
+        add_flag(sp, "--data", "--in", dest="inp", required=True, metavar="FILE", nargs="+" if many else None,
+                 help=data_help)
         if out:
             sp.add_argument("--out", required=True, help="output file (.json array or .jsonl)")
         sp.add_argument("--strict", action="store_true", help="stop at the first bad record, before writing")
@@ -337,7 +339,7 @@ def check_inputs(args) -> None:
             raise UsageError(f"{path}: no such file")
         if args.command != "baseline" and Path(path).is_dir() and not is_hf_dir(path):
             raise UsageError(f"{path}: a directory that is not a datasets directory (Dataset.save_to_disk)")
-    for name in ("n", "rounds", "max_length", "checkpoint_every"):
+    for name in ("n", "rounds", "max_length", "max_context", "checkpoint_every"):
         if getattr(args, name, 1) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
 

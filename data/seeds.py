@@ -122,10 +122,10 @@ def sample_seeds(path: str, source: str, n: int, seed: int, strict: bool = False
     return Draw(seeds, dict(Counter(keys)), dict(Counter(s.extra.get("category") for s in seeds)), left_out)
 
 
-def drop_over_budget(seeds: list[Conversation], tokenizer, max_length: int, file: str, strict: bool,
+def drop_over_budget(seeds: list[Conversation], tokenizer, max_context: int, file: str, strict: bool,
                      summary: BadRecordSummary) -> list[Conversation]:
     """Seeds that leave the simulator room to write: the seed turns and the opening of the next turn,
-    rendered as Socratic sees them (dyadic template, Socratic's system prompt), under ``max_length``
+    rendered as Socratic sees them (dyadic template, Socratic's system prompt), under ``max_context``
     tokens. The original removed such WizardLM ids before generating ("one round exceeds the maximal
     context len")."""
     from data.end_rules import TokenCounter
@@ -134,9 +134,9 @@ def drop_over_budget(seeds: list[Conversation], tokenizer, max_length: int, file
     kept = []
     for s in seeds:
         n = len(counter.prompt_ids(s.turns, HUMAN if s.turns[-1].role == GPT else GPT))
-        if n >= max_length:
+        if n >= max_context:
             err = BadRecord(file, s.id, "first round exceeds the budget",
-                            f"{n} tokens before the next turn, --max-length {max_length}")
+                            f"{n} tokens before the next turn, --max-context {max_context}")
             if strict:
                 raise err
             summary.add(err)

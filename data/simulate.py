@@ -184,7 +184,7 @@ def add_session_args(g) -> None:
                    help="when a session ends (default paper; see data/end_rules.py)")
     g.add_argument("--min-turns", type=int, default=1, help="--end-rule learned: rounds before an end is accepted")
     g.add_argument("--end-style", choices=list(LEARNED_ENDS), default="project",
-                   help="--end-rule learned: the trainer's --end_style; original = the original's <e> experiment, "
+                   help="--end-rule learned: the trainer's --end-style; original = the original's <e> experiment, "
                         "whose system prompt the simulator then gets (unless --simulator-system)")
     g.add_argument("--max-turns", type=int, help="most rounds per session (default: until the budget ends it)")
     g.add_argument("--concurrency", type=int, default=16, help="sessions in flight at once")

@@ -1,6 +1,6 @@
 """AlpacaEval: write a model's outputs in AlpacaEval's format, then score them with the ``alpaca_eval`` package.
 
-``generate`` answers the 805 AlpacaEval instructions (from the hub when online, or ``--instructions
+``generate`` answers the 805 AlpacaEval instructions (from the hub when online, or ``--data
 FILE``: a JSON array or JSONL of ``{"instruction", "dataset"?}``) with a local model or any
 OpenAI-compatible endpoint and writes ``[{"instruction", "output", "generator", "dataset"}]``;
 it resumes where it stopped. ``judge`` runs ``alpaca_eval.evaluate`` and writes a one-line summary
@@ -24,16 +24,16 @@ OpenAI-compatible endpoint.
 
 Usage::
 
-    python -m eval.alpaca_eval generate --model runs/platolm --generator platolm-7b --out runs/alpaca/platolm.json
-    python -m eval.alpaca_eval generate --base-url http://127.0.0.1:8000/v1 --model platolm --generator platolm-7b \\
-        --instructions alpaca_eval.json --out runs/alpaca/platolm.json
+    python -m eval.alpaca_eval generate --model runs/platolm --name platolm-7b --out runs/alpaca/platolm.json
+    python -m eval.alpaca_eval generate --base-url http://127.0.0.1:8000/v1 --model platolm --name platolm-7b \\
+        --data alpaca_eval.json --out runs/alpaca/platolm.json
     make alpaca-env
     # AlpacaEval 1.0, the paper's setting
-    OPENAI_API_KEY=... python -m eval.alpaca_eval judge --version 1 --model-outputs runs/alpaca/platolm.json \\
-        --summary results/alpaca_eval/platolm-7b-v1.json
+    OPENAI_API_KEY=... python -m eval.alpaca_eval judge --version 1 --data runs/alpaca/platolm.json \\
+        --out results/alpaca_eval/platolm-7b-v1.json
     # AlpacaEval 2.0 (length-controlled)
-    OPENAI_API_KEY=... python -m eval.alpaca_eval judge --model-outputs runs/alpaca/platolm.json \\
-        --summary results/alpaca_eval/platolm-7b-v2.json
+    OPENAI_API_KEY=... python -m eval.alpaca_eval judge --data runs/alpaca/platolm.json \\
+        --out results/alpaca_eval/platolm-7b-v2.json
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from core.options import add_answerer_args, add_endpoint_args, check_answerer
+from core.options import add_answerer_args, add_endpoint_args, add_flag, check_answerer
 from core.conversation import BadRecord, atomic_write, read_json_records, write_json_array
 from core.errors import UsageError
 from core.runner import command
@@ -70,7 +70,7 @@ def load_instructions(path: str | None) -> list[dict]:
             path = hf_hub_download(HUB_REPO, HUB_FILE, repo_type="dataset")
         except Exception as err:
             raise UsageError(f"cannot fetch {HUB_REPO}/{HUB_FILE} from the hub ({type(err).__name__}); "
-                             f"offline, pass --instructions FILE") from None
+                             f"offline, pass --data FILE") from None
     if not Path(path).is_file():
         raise UsageError(f"instructions file {path} not found")
     out = []
@@ -228,25 +228,28 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="write model outputs in AlpacaEval's format (resumable)")
-    g.add_argument("--instructions", help="JSON/JSONL of {instruction, dataset?} (default: the hub's 805)")
-    g.add_argument("--generator", required=True, help="model name written into the outputs")
+    add_flag(g, "--data", "--instructions", dest="instructions",
+             help="JSON/JSONL of {instruction, dataset?} (default: the hub's 805)")
+    add_flag(g, "--name", "--generator", dest="generator", required=True,
+             help="the model's name, written into the outputs (their generator)")
     g.add_argument("--out", required=True, help="output JSON array")
     g.add_argument("--temperature", type=float, default=0.7)
     g.add_argument("--limit", type=int, help="only the first N instructions")
-    add_answerer_args(g, "--generator", max_new_tokens=2048)
+    add_answerer_args(g, "--name", max_new_tokens=2048)
     add_endpoint_args(g)
 
     j = sub.add_parser("judge", help="score outputs with the alpaca_eval package")
-    j.add_argument("--model-outputs", required=True)
+    add_flag(j, "--data", "--model-outputs", dest="model_outputs", required=True,
+             help="the outputs `generate` wrote (AlpacaEval's model_outputs)")
     j.add_argument("--version", default="2", choices=sorted(VERSIONS),
                    help="AlpacaEval settings: 1 = the paper's (GPT-4 vs text-davinci-003, win rate); 2 (default)")
     j.add_argument("--annotators-config", help="alpaca_eval annotator config (default: the version's)")
     j.add_argument("--reference-outputs", help="reference outputs file (default: the version's, from the hub)")
     j.add_argument("--metric", choices=sorted(METRICS), help="default: the version's")
     j.add_argument("--name", help="model name in the leaderboard (default: the outputs' generator)")
-    j.add_argument("--output-path", default="auto", help="alpaca_eval's output directory (default: next to "
-                                                         "the outputs); annotations are cached there")
-    j.add_argument("--summary", help="write the summary JSON here (for eval.tables)")
+    add_flag(j, "--annotations-dir", "--output-path", dest="output_path", default="auto",
+             help="alpaca_eval's output directory: its leaderboard and annotation cache (default: next to the outputs)")
+    add_flag(j, "--out", "--summary", dest="summary", help="write the summary JSON here (for eval.tables)")
     j.add_argument("--alpaca-python", default=str(DEFAULT_ALPACA_PYTHON),
                    help="interpreter with alpaca_eval, used when this one lacks it (default .venv-alpaca's)")
     return p

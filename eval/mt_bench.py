@@ -18,16 +18,16 @@ and judged (``-multi-turn`` prompts) only for two-turn questions, as FastChat do
 Usage::
 
     # answers from a local checkpoint (batched; per-category temperatures as MT-Bench defines them)
-    python -m eval.mt_bench answer --model runs/platolm --model-id platolm-7b [--template dyadic]
+    python -m eval.mt_bench answer --model runs/platolm --name platolm-7b [--template dyadic]
     # ... or from any OpenAI-compatible endpoint (--model is then the served model name)
-    python -m eval.mt_bench answer --base-url http://127.0.0.1:8000/v1 --model platolm --model-id platolm-7b
+    python -m eval.mt_bench answer --base-url http://127.0.0.1:8000/v1 --model platolm --name platolm-7b
     # judge (single grading, or pairwise against a baseline / all pairs); resumable
     OPENAI_API_KEY=... python -m eval.mt_bench judge --mode single --judge-model gpt-4 --model-list platolm-7b
     python -m eval.mt_bench judge --judge-base-url http://127.0.0.1:9000/v1 --judge-model local-judge ...
     # scores: a table, or one JSON object per model, and an optional plot
-    python -m eval.mt_bench show --judgment-file eval/data/mt_bench/model_judgment/gpt-4_single.jsonl --json
+    python -m eval.mt_bench show --data eval/data/mt_bench/model_judgment/gpt-4_single.jsonl --json
     # Vicuna-Bench: the same three commands with --bench vicuna_bench
-    python -m eval.mt_bench answer --bench vicuna_bench --model runs/platolm --model-id platolm-7b
+    python -m eval.mt_bench answer --bench vicuna_bench --model runs/platolm --name platolm-7b
 """
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ from core.conversation import BadRecord, read_json_records
 
 from core.endpoint import Endpoint
 from core.engine import Job, JobLog, Tally, run_jobs
-from core.options import add_answerer_args, add_endpoint_args, check_answerer
+from core.options import add_answerer_args, add_endpoint_args, add_flag, check_answerer
 from core.errors import UsageError
 from core.runner import command
 
@@ -575,10 +575,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     a = sub.add_parser("answer", help="answer every turn of each question")
     common(a)
-    a.add_argument("--model-id", required=True, help="name written into the answers and the file name")
-    a.add_argument("--out", "--answer-file", dest="out", help="default: BENCH_DIR/model_answer/MODEL_ID.jsonl")
+    add_flag(a, "--name", "--model-id", dest="model_id", required=True,
+             help="the model's name: written into the answers (model_id) and the answer file's name")
+    add_flag(a, "--out", "--answer-file", help="default: BENCH_DIR/model_answer/NAME.jsonl")
     a.add_argument("--temperature", type=float, help="one temperature for all (default: per category)")
-    add_answerer_args(a, "--model-id", max_new_tokens=1024)
+    add_answerer_args(a, "--name", max_new_tokens=1024)
     a.set_defaults(func=cmd_answer)
 
     j = sub.add_parser("judge", help="judge answers with an OpenAI-compatible model (resumable)")
@@ -592,15 +593,16 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--ref-answer-dir", help="default: BENCH_DIR/reference_answer")
     j.add_argument("--ref-model", default="gpt-4", help="reference answers file name (default gpt-4)")
     j.add_argument("--judge-prompts", help="default: BENCH_DIR/judge_prompts.jsonl, else MT-Bench's")
-    j.add_argument("--out", "--output-file", dest="out",
-                   help="default: BENCH_DIR/model_judgment/JUDGE_{single,pair}.jsonl")
+    add_flag(j, "--out", "--output-file",
+             help="default: BENCH_DIR/model_judgment/JUDGE_{single,pair}.jsonl")
     j.add_argument("--dry-run", action="store_true", help="check inputs and count the calls; send nothing")
     j.set_defaults(func=cmd_judge)
 
     s = sub.add_parser("show", help="scores from a judgment file")
     common(s, questions=False)
-    s.add_argument("--judgment-file", required=True)
-    s.add_argument("--model", nargs="+", help="only these models")
+    add_flag(s, "--data", "--judgment-file", dest="judgment_file", required=True,
+             help="a judgment file (model_judgment/JUDGE_single.jsonl or _pair.jsonl)")
+    add_flag(s, "--model-list", "--model", dest="model", nargs="+", help="only these models")
     s.add_argument("--json", action="store_true",
                    help="print JSON: one object for one model, else a list of objects")
     s.add_argument("--plot", help="write a radar (single) or bar (pairwise) plot PNG here")

@@ -34,7 +34,7 @@ Usage::
     python -m eval.question_quality --data socraticchat.json --embedder minilm --json
     # several corpora side by side, one JSON per corpus for eval.tables
     python -m eval.question_quality --data socraticchat.json roleplay.json sharegpt.json \\
-        --name SocraticChat Role-play ShareGPT --out-dir results/question_quality --detector default
+        --name SocraticChat Role-play ShareGPT --out results/question_quality --detector default
     # the paper's settings (needs OPENAI_API_KEY)
     python -m eval.question_quality --data socraticchat.json --name SocraticChat --embedder openai \\
         --judge --prompt-file prompt_template.txt --sample 100 --out results/question_quality/SocraticChat.json
@@ -55,7 +55,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from eval.detector import load_detector
-from core.options import add_endpoint_args
+from core.options import MAX_RETRIES, add_endpoint_args, add_flag
 from core.conversation import GPT, HUMAN, BadRecordSummary, Conversation, atomic_write
 from core.endpoint import Endpoint
 from core.engine import Job, JobLog, run_jobs
@@ -177,7 +177,7 @@ def truncate_for_embedding(texts: Sequence[str], encoding, max_tokens: int = EMB
 
 
 def embed_openai(questions: Sequence[str], model: str, base_url: str | None, key_env: str,
-                 cache_dir: Path, batch_size: int = EMBED_BATCH, parallel: int = 4, max_retries: int = 5,
+                 cache_dir: Path, batch_size: int = EMBED_BATCH, parallel: int = 4, max_retries: int = MAX_RETRIES,
                  encoding: object = "auto") -> np.ndarray:
     """Embeddings from an OpenAI-compatible endpoint, batch by batch, each text cut to EMBED_MAX_TOKENS tokens
     of ``encoding`` ("auto": the model's tiktoken encoding, :func:`embedding_encoding`; None: not cut).
@@ -243,7 +243,7 @@ def parse_criteria(judgment: str) -> dict[str, float]:
 
 
 def judgment_path(args, data: str, name: str) -> Path:
-    """--judgment-file; else next to the results (--out-dir), else under runs/question_quality/."""
+    """--judgment-file; else next to the results (--out FOLDER), else under runs/question_quality/."""
     judge = args.judge_model.replace("/", "_")
     if args.judgment_file:
         return Path(args.judgment_file)
@@ -391,10 +391,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judge", action="store_true", help=f"judge the questions with {PAPER_JUDGE_MODEL} (the paper's)")
     p.add_argument("--judge-model", help="judge the questions with this model (implies --judge)")
     p.add_argument("--judge-base-url", help="OpenAI-compatible endpoint for the judge")
-    p.add_argument("--sample", "--judge-sample", dest="sample", type=int,
-                   help="judge a random sample of N sessions (default: every session)")
-    p.add_argument("--judgment-file", help="resumable judge log, one --data only (default OUT_DIR/NAME.JUDGE.judgments"
-                                           ".jsonl with --out-dir, else runs/question_quality/DATA.JUDGE.jsonl)")
+    add_flag(p, "--sample", "--judge-sample", type=int,
+             help="judge a random sample of N sessions (default: every session)")
+    p.add_argument("--judgment-file", help="resumable judge log, one --data only (default OUT/NAME.JUDGE.judgments"
+                                           ".jsonl with --out FOLDER, else runs/question_quality/DATA.JUDGE.jsonl)")
     p.add_argument("--prompt-file", help="judge prompt; with a {conversation} placeholder, or the original's "
                                          "prompt file unchanged (the transcript is appended)")
     p.add_argument("--tokenizer", default="smollm2", help="tokenizer for the token statistics")
@@ -403,8 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--strict", action="store_true", help="stop at the first bad record")
     p.add_argument("--json", action="store_true", help="print JSON (one object per corpus; a list for several)")
-    p.add_argument("--out", help="write the JSON object here (one --data only)")
-    p.add_argument("--out-dir", help="write one JSON per corpus here, NAME.json (for eval.tables)")
+    add_flag(p, "--out", "--out-dir", help="a .json file: the JSON object of one --data; else a folder: one NAME.json "
+                                           "per corpus (for eval.tables)")
     return p
 
 
@@ -412,8 +412,11 @@ def check_args(args) -> list[str]:
     names = args.name or [Path(d).stem for d in args.data]
     if len(names) != len(args.data):
         raise UsageError(f"{len(args.data)} --data but {len(names)} --name: give one name per corpus")
+    args.out_dir = None
+    if args.out and Path(args.out).suffix.lower() != ".json":  # a folder
+        args.out, args.out_dir = None, args.out
     if args.out and len(args.data) > 1:
-        raise UsageError("--out takes one corpus; for several use --out-dir")
+        raise UsageError("--out FILE.json takes one corpus; for several give a folder")
     if args.judge and not args.judge_model:
         args.judge_model = PAPER_JUDGE_MODEL
     if args.judge_model and len(args.data) > 1 and args.judgment_file:

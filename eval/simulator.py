@@ -6,7 +6,7 @@ role-play chat model with ``--simulator-kind roleplay``), on any held-out conver
 
 * ``perplexity`` (a local model): mean per-token negative log-likelihood of the real human turns given
   their history, rendered with the model's own template (``--template dyadic|chat``) and masked by
-  ``model.dyadic.Encoder`` (loss role ``human``); each conversation is its first ``--max-length`` tokens,
+  ``model.dyadic.Encoder`` (loss role ``human``); each conversation is its first ``--max-context`` tokens,
   as in training. Batched by length over a bounded pool of conversations (memory flat in their number),
   with only the scored positions sent through the LM head and each row cut after its last scored token.
   ``--details FILE`` keeps one line per conversation and makes a rerun resume.
@@ -22,10 +22,10 @@ role-play chat model with ``--simulator-kind roleplay``), on any held-out conver
 * ``termination`` (a simulator with a learned end marker, ``model.dyadic.END_OF_CONVERSATION``): after
   every assistant turn of held-out conversations, does the model end there? Gold: it ends after the last
   assistant turn of a conversation that really ended (``--ended auto``: the rule the trainer's
-  ``--end_token`` learns from, ``model.dyadic.really_ended``: a record's ``"ended"``, a session its simulator
+  ``--end-token`` learns from, ``model.dyadic.really_ended``: a record's ``"ended"``, a session its simulator
   ended, a conversation without a segment suffix or the last segment of a split one; ``all``: every
   conversation ended). A local model ends where p(the marker turn | history) >= ``--threshold`` (history: the last
-  ``--max-length`` tokens); an endpoint ends where its sampled next turn is the marker.
+  ``--max-context`` tokens); an endpoint ends where its sampled next turn is the marker.
 
 Bad input never stops a run: records that cannot be read, conversations with no human turn, turns past
 the context, failed or empty generations are skipped or marked, counted by reason in the JSON
@@ -52,7 +52,7 @@ prompted to act as the user). Sampling defaults are the paper's (temperature 0.7
 Usage::
 
     python -m eval.simulator perplexity --model runs/socratic --data heldout.json --template dyadic \\
-        --max-length 2048 --limit 500 --name Socratic --out results/simulator/socratic-ppl.json --json
+        --max-context 2048 --limit 500 --name Socratic --out results/simulator/socratic-ppl.json --json
     python -m eval.simulator diversity --model runs/socratic --n 200 --name Socratic --out ...
     python -m eval.simulator diversity --data heldout.json --n 200 --name "ShareGPT humans" --out ...
     python -m eval.simulator human-likeness --base-url http://127.0.0.1:8000/v1 --name Socratic --out ...
@@ -84,6 +84,7 @@ from core.conversation import GPT, HUMAN, BadRecord, BadRecordSummary, Conversat
 from model.checkpoint import read_checkpoint
 from model.dyadic import END_OF_CONVERSATION, IGNORE_INDEX, TEMPLATES, Encoder, really_ended
 from core.errors import UsageError
+from core.options import MAX_RETRIES, add_flag
 from core.runner import command
 
 METRICS = ("perplexity", "diversity", "human_likeness", "role_adherence", "termination")
@@ -188,11 +189,12 @@ def load_scorer(model_path: str, device: str, batch_tokens: int) -> tuple[TokenS
 
 def local_scorer(args) -> tuple[TokenScorer, Encoder, int]:
     """The local simulator's scorer, its human-role encoder (uncut: callers choose the window) and the usable
-    ``--max-length`` (no longer than the model's context)."""
+    ``--max-context`` (no longer than the model's context)."""
     scorer, tokenizer, context = load_scorer(args.model, args.device, args.batch_tokens)
-    max_length = min(args.max_length, context)
-    if max_length < args.max_length:
-        print(f"note: --max-length {args.max_length} is past the model's context; using {max_length}", file=sys.stderr)
+    max_length = min(args.max_context, context)
+    if max_length < args.max_context:
+        print(f"note: --max-context {args.max_context} is past the model's context; using {max_length}",
+              file=sys.stderr)
     return scorer, Encoder(tokenizer, HUMAN, args.template, max_length=sys.maxsize, system=args.system), max_length
 
 
@@ -606,8 +608,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _source(p: argparse.ArgumentParser, data_help: str | None) -> None:
     g = p.add_argument_group("simulator (or real data)")
-    g.add_argument("--model", "--model-path", dest="model",
-                   help="local checkpoint path or 'smollm2'; with --base-url, the served model's name")
+    add_flag(g, "--model", "--model-path",
+             help="local checkpoint path or 'smollm2'; with --base-url, the served model's name")
     g.add_argument("--base-url", help="OpenAI-compatible endpoint of the simulator")
     g.add_argument("--simulator-kind", choices=("socratic", "roleplay"), default="socratic",
                    help="socratic: replies with the next human turn; roleplay: a chat model prompted to act as "
@@ -620,9 +622,11 @@ def _source(p: argparse.ArgumentParser, data_help: str | None) -> None:
     g.add_argument("--temperature", type=float, default=0.7)
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--max-new-tokens", type=int, default=512, help="longest turn the simulator may write")
-    g.add_argument("--max-context", type=int, default=2048, help="the simulator's context budget")
+    add_flag(g, "--max-context", "--max-length", type=int, default=2048,
+             help="the simulator's context budget in tokens (a local model's scored history: its last N)")
     g.add_argument("--concurrency", type=int, default=16, help="turns generated at once (batch / requests in flight)")
-    g.add_argument("--max-retries", type=int, default=6)
+    g.add_argument("--max-retries", type=int, default=MAX_RETRIES,
+                   help=f"retries per request: 429, 5xx, timeouts (default {MAX_RETRIES})")
     g.add_argument("--save", help="also write the generated turns here (ShareGPT JSONL)")
     if data_help:
         g.add_argument("--data", help=data_help)
@@ -640,11 +644,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("perplexity", help="held-out human-turn NLL / perplexity (local model)")
     _common(s)
-    s.add_argument("--model", "--model-path", dest="model", required=True, help="local checkpoint path or 'smollm2'")
+    add_flag(s, "--model", "--model-path", required=True, help="local checkpoint path or 'smollm2'")
     s.add_argument("--base-url", help=argparse.SUPPRESS)  # only to say that perplexity needs a local model
     s.add_argument("--data", required=True, help="held-out conversations (ShareGPT / OpenAI messages / datasets dir)")
     s.add_argument("--template", choices=TEMPLATES, help="its prompt template (default: the checkpoint's, else dyadic)")
-    s.add_argument("--max-length", type=int, default=2048, help="each conversation's first N tokens (default 2048)")
+    add_flag(s, "--max-context", "--max-length", type=int, default=2048,
+             help="each conversation's first N tokens, the context it is scored in (default 2048)")
     s.add_argument("--limit", type=int, help="score at most N conversations")
     s.add_argument("--batch-tokens", type=int, default=4096, help="padded tokens per forward pass")
     s.add_argument("--pool", type=int, default=256, help="conversations read ahead and sorted by length")
@@ -669,11 +674,10 @@ def build_parser() -> argparse.ArgumentParser:
     _source(s, None)
     s.add_argument("--data", required=True, help="held-out conversations")
     s.add_argument("--ended", choices=ENDED, default="auto",
-                   help="which conversations really ended: auto = the trainer's --end_token rule "
+                   help="which conversations really ended: auto = the trainer's --end-token rule "
                         "(model.dyadic.really_ended); all = every one")
     s.add_argument("--limit", type=int, help="at most N conversations")
     s.add_argument("--threshold", type=float, default=0.5, help="local model: end where p(marker turn) >= this")
-    s.add_argument("--max-length", type=int, default=2048, help="local model: the history's last N tokens")
     s.add_argument("--batch-tokens", type=int, default=4096)
     s.add_argument("--pool", type=int, default=256)
     s.add_argument("--marker-tokens", type=int, default=16, help="endpoint: tokens sampled to see the marker")
@@ -685,7 +689,7 @@ RUN = {"perplexity": perplexity, "diversity": diversity, "human-likeness": human
 
 
 def check_args(args) -> None:
-    for name in ("n", "limit", "samples", "max_length", "batch_tokens", "pool", "max_new_tokens", "concurrency"):
+    for name in ("n", "limit", "samples", "max_context", "batch_tokens", "pool", "max_new_tokens", "concurrency"):
         value = getattr(args, name, None)
         if value is not None and value < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1")

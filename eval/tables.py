@@ -1,13 +1,13 @@
 """The paper's tables from result files: MT-Bench, Vicuna-Bench, AlpacaEval, question quality, corpus
 statistics, the ablations and the simulator's own quality; with ``--paper``, the published numbers beside ours.
 
-Layout of ``--results DIR`` (every part optional; a part without files is left out of the report, or,
+Layout of ``--data DIR`` (every part optional; a part without files is left out of the report, or,
 with ``--paper``, shown with the published numbers only). A *group* is a directory holding any of::
 
     mt_bench/*_single.jsonl, *_pair.jsonl      MT-Bench judgment files (FastChat format, `eval.mt_bench judge`)
     vicuna_bench/*_single.jsonl, *_pair.jsonl  Vicuna-Bench judgment files (`eval.mt_bench judge --bench vicuna_bench`)
-    alpaca_eval/*.json                         one summary per model and version (`eval.alpaca_eval judge --summary`)
-    question_quality/*.json                    one object per corpus (`eval.question_quality --out-dir`)
+    alpaca_eval/*.json                         one summary per model and version (`eval.alpaca_eval judge --out`)
+    question_quality/*.json                    one object per corpus (`eval.question_quality --out DIR`)
     corpus_stats/*.json                        `python -m data.prepare stats --json` output, one per corpus (the
                                                file name is the corpus name; otherwise the statistics inside the
                                                question-quality files are used)
@@ -33,8 +33,8 @@ one of a published row's ``aliases`` is put right under that row.
 
 Usage::
 
-    python -m eval.tables --results results --out results/REPORT.md
-    python -m eval.tables --results results --out results/PAPER.md --paper
+    python -m eval.tables --data results --out results/REPORT.md
+    python -m eval.tables --data results --out results/PAPER.md --paper
 
 Writes the Markdown report and, next to it, the figures (``*_radar_<judge>.png``, ``question_quality.png``,
 ``turn_ablation.png``).
@@ -53,10 +53,11 @@ from eval.mt_bench import BENCH_TITLES, CATEGORIES, plot_scores, scores_from_fil
 from eval.question_quality import CRITERIA
 from core.conversation import atomic_write
 from core.errors import UsageError
+from core.options import add_flag
 from core.runner import command
 
 PAPER_NUMBERS = Path(__file__).resolve().parent / "paper_numbers.yaml"
-# (directory under --results, key in paper_numbers.yaml, heading)
+# (directory under --data, key in paper_numbers.yaml, heading)
 GROUPS = (("", "main", "Main results"),
           ("baselines_10k", "baselines_10k", "10K comparison: Baize, UltraChat, Vicuna-ShareGPT, SocraticChat"),
           ("ablations/seeds", "seeds", "Ablation: free vs WizardLM vs Dolly seeds"),
@@ -303,7 +304,8 @@ def build_report(results: Path, out: Path, paper: bool = False) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m eval.tables", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("--results", required=True, type=Path, help="results directory (layout above)")
+    add_flag(p, "--data", "--results", dest="results", required=True, type=Path,
+             help="the results directory (layout above)")
     p.add_argument("--out", required=True, type=Path, help="Markdown report to write")
     p.add_argument("--paper", action="store_true",
                    help="every table the paper reports, with the published numbers beside ours")

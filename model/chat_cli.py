@@ -23,6 +23,7 @@ from typing import Callable
 
 from core.conversation import GPT, HUMAN, Conversation, Turn, write_json_array
 from model.dyadic import ROLE_PREFIX, TEMPLATES
+from core.options import add_flag
 from core.runner import command
 
 CONTINUE = "\\"
@@ -172,8 +173,7 @@ class Chat:
 def main(model_role: str, system_prompt: str, prog: str, argv: list[str] | None = None) -> int:
     who = "the assistant (PlatoLM)" if model_role == GPT else "the human (Socratic user simulator)"
     p = argparse.ArgumentParser(prog=prog, description=f"Chat with a model that plays {who}. {HELP}.")
-    p.add_argument("--model", "--model-path", dest="model", required=True,
-                   help="checkpoint dir, hub name, or 'smollm2'")
+    add_flag(p, "--model", "--model-path", required=True, help="checkpoint dir, hub name, or 'smollm2'")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
     p.add_argument("--temperature", type=float, default=0.7, help="0 = greedy (default: 0.7)")
     p.add_argument("--top-p", type=float, default=1.0)

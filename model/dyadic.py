@@ -53,9 +53,9 @@ The original's generation server used the *fast* tokenizer of its day (by our re
 ``tokenizer.json``, a ``▁`` piece before each ``<s>``), so its Socratic saw slightly different ids at
 generation than in training; here the saved tokenizer serves both.
 
-Learned end of conversation: a Socratic trained with ``--end_token`` writes :data:`END_OF_CONVERSATION`
+Learned end of conversation: a Socratic trained with ``--end-token`` writes :data:`END_OF_CONVERSATION`
 as the human's next turn after the last answer of a conversation that really ended
-(:func:`really_ended`). ``--end_style original`` is the original's untested experiment instead
+(:func:`really_ended`). ``--end-style original`` is the original's untested experiment instead
 (:data:`LEARNED_ENDS`): the reply ``<e>``, one token added to the vocabulary, under its own system prompt.
 
 Usage::
@@ -91,7 +91,7 @@ PLATOLM_SYSTEM = (
 )
 SYSTEM_PROMPTS = {HUMAN: SOCRATIC_SYSTEM, GPT: PLATOLM_SYSTEM}
 ROLE_PREFIX = {HUMAN: "Human: ", GPT: "Assistant: "}
-# The human turn a simulator trained with --end_token writes when the conversation is over (plain text:
+# The human turn a simulator trained with --end-token writes when the conversation is over (plain text:
 # any server can return it, no special token is needed).
 END_OF_CONVERSATION = "<|end_of_conversation|>"
 # The original's untested experiment (model/sft_socratic/source/utils.py, `sft_usergpt_end_test`; the `<e>` token
@@ -108,7 +108,7 @@ ORIGINAL_END_SYSTEM = (
 
 @dataclass(frozen=True)
 class LearnedEnd:
-    """How Socratic learns to end a conversation (trainer ``--end_token --end_style NAME``): the human turn it
+    """How Socratic learns to end a conversation (trainer ``--end-token --end-style NAME``): the human turn it
     writes, whether that is one token added to the vocabulary (its embeddings start as the mean, like ``<pad>``),
     and the system prompt it trains and is simulated with (None: the role's own)."""
     marker: str
@@ -625,7 +625,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tokenization", default="original", choices=TOKENIZATIONS,
                    help="as the trainer's --tokenization (default original: a LLaMA-style tokenizer gives the "
                         "original's slow-tokenizer ids; as_loaded: as transformers loads it)")
-    p.add_argument("--max-length", type=int, default=2048)
+    p.add_argument("--max-length", type=int, default=2048,
+                   help="tokens per conversation, as the trainer's --max-length (default 2048)")
     p.add_argument("--system", default=None, help="override the system prompt")
     p.add_argument("--strict", action="store_true", help="stop at the first bad record")
     p.add_argument("--out", help="output JSONL: one {id, input_ids, labels} per kept conversation")

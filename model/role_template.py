@@ -10,7 +10,7 @@ verbatim, so that a server renders what training rendered and the model writes i
 * **System message.** A request's leading system message, whatever its text (a role prompt, or a role prompt
   plus an intent), is given to the base template exactly as training gives a record's own system prompt: an
   empty one means none, and none at all means the trained default (Socratic's or PlatoLM's prompt, or the
-  ``--system_prompt`` of the run). A base template that refuses a system message gets none, as in training.
+  ``--system`` of the run). A base template that refuses a system message gets none, as in training.
 * **Generation prompt.** The next turn is opened the way ``Template.prompt_for`` (and so ``model.generate`` and
   ``model.serve``) opens it: the base template renders the conversation followed by a turn of the trained role
   whose text is a private-use sentinel, and the prompt is everything before the sentinel. For Socratic on a

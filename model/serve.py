@@ -48,7 +48,7 @@ from starlette.exceptions import HTTPException
 from core.batcher import MicroBatcher
 from core.conversation import GPT, HUMAN, BadRecord, Turn, atomic_write, parse_record
 from core.errors import UsageError
-from core.options import TEMPLATES
+from core.options import TEMPLATES, add_flag
 from core.runner import command
 from model.checkpoint import RUN_RECORD, read_checkpoint
 from model.generate import Completion, ContextOverflow
@@ -313,8 +313,7 @@ def _sse(generator, prompt: list[int], s: Settings, head: dict, include_usage: b
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m model.serve", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", "--model-path", dest="model", required=True,
-                   help="checkpoint dir, hub name, or 'smollm2'")
+    add_flag(p, "--model", "--model-path", required=True, help="checkpoint dir, hub name, or 'smollm2'")
     p.add_argument("--role", choices=[HUMAN, GPT],
                    help=f"human: reply with the next human turn (Socratic); gpt: the next assistant turn "
                         f"(default: the role the checkpoint's {RUN_RECORD} records)")

@@ -4,22 +4,24 @@ The two packages call :func:`main` with their trained role and system prompt; no
 Run it through them, from the repo root::
 
     python -m model.sft_socratic.train --config recipes/tiny_cpu.yaml \\
-        --model_name_or_path smollm2 --data_path convs.json --output_dir runs/socratic-tiny
-    python -m model.sft_platolm.train --model_name_or_path DIR --data_path FILE --output_dir OUT \\
-        --model_max_length 256 --max_steps 20 --per_device_train_batch_size 2 --use_cpu --report_to none
-    torchrun --nproc_per_node 4 -m model.sft_platolm.train --config recipes/platolm_7b_fsdp.yaml
-    torchrun --nproc_per_node 4 -m model.sft_platolm.train --config recipes/platolm_7b_paper.yaml
+        --model smollm2 --data convs.json --out runs/socratic-tiny
+    python -m model.sft_platolm.train --model DIR --data FILE --out OUT \\
+        --max-length 256 --max-steps 20 --per-device-train-batch-size 2 --use-cpu --report-to none
+    torchrun --nproc-per-node 4 -m model.sft_platolm.train --config recipes/platolm_7b_fsdp.yaml
+    torchrun --nproc-per-node 4 -m model.sft_platolm.train --config recipes/platolm_7b_paper.yaml
     python -m model.sft_platolm.train --help        # every option, with TrainingArguments'
 
-Options: model (``--model_name_or_path``, ``--attn_implementation``, ``--dtype``, ``--pad_token reuse|add``),
-LoRA/QLoRA (``--lora``, ``--lora_r``, ...), data (``--data_path`` file or datasets name, ``--template
-dyadic|chat``, ``--tokenization original|as_loaded``, ``--model_max_length``, ``--packing``,
-``--eval_ratio``/``--eval_seed``/``--row_order``, ``--end_token``/``--end_style``), and every
+Options: model (``--model``, ``--attn-implementation``, ``--dtype``, ``--pad-token reuse|add``),
+LoRA/QLoRA (``--lora``, ``--lora-r``, ...), data (``--data`` file or datasets name, ``--template
+dyadic|chat``, ``--tokenization original|as_loaded``, ``--max-length``, ``--packing``,
+``--eval-ratio``/``--eval-seed``/``--row-order``, ``--end-token``/``--end-style``), and every
 ``transformers.TrainingArguments`` flag.
-``--config RECIPE.yaml`` sets defaults for any of them; flags on the command line win.
+``--config RECIPE.yaml`` sets defaults for any of them; flags on the command line win. The original's
+spellings (``--model_name_or_path``, ``--data_path``, ``--output_dir``, ``--model_max_length``,
+``--system_prompt``, and every flag with underscores) still parse.
 
 Two kinds of recipe. ``recipes/*_7b_paper.yaml`` reproduce the original's ``sft_7b.sh``: one conversation
-per row, right-padded with a ``<pad>`` token added to the tokenizer (``--pad_token add``: its input and
+per row, right-padded with a ``<pad>`` token added to the tokenizer (``--pad-token add``: its input and
 output embeddings start as the mean of the others, as the original's ``smart_tokenizer_and_embedding_resize``
 did), the hyper-parameters of each script, and for PlatoLM the 5% held-out split (numpy seed 125, evaluated and
 checkpointed every 37 steps, 6 kept). ``recipes/*_7b_fsdp.yaml`` are the fast ones: whole conversations packed
@@ -36,22 +38,22 @@ template (model.dyadic), or for ``--template chat`` the base model's own wrapped
 Every save also gets ``platolm_run.json`` and a ``README.md`` model card (model.checkpoint). Without
 ``--template``, a run that resumes or continues a checkpoint of this trainer uses the template it records.
 
-``--eval_ratio`` holds conversations out (drawn as the original drew them, ``--eval_seed``, default 125),
-writes them to ``eval_split.jsonl`` and evaluates them every ``--eval_steps`` with ``--eval_strategy steps``
+``--eval-ratio`` holds conversations out (drawn as the original drew them, ``--eval-seed``, default 125),
+writes them to ``eval_split.jsonl`` and evaluates them every ``--eval-steps`` with ``--eval-strategy steps``
 (else once at the end); the training rows stay in the draw's permutation order, as the original's did
-(``--row_order file`` keeps the data file's order); ``loss.png`` shows the training and held-out losses.
-``--end_token`` (Socratic only) teaches the simulator to write model.dyadic.END_OF_CONVERSATION as the
+(``--row-order file`` keeps the data file's order); ``loss.png`` shows the training and held-out losses.
+``--end-token`` (Socratic only) teaches the simulator to write model.dyadic.END_OF_CONVERSATION as the
 human's next turn after the last answer of every conversation that really ended (model.dyadic.really_ended:
 the record says so, a simulated session the simulator ended itself, a conversation without a segment
-suffix, or its last segment); ``--end_style original`` is the original's untested ``<e>`` experiment
+suffix, or its last segment); ``--end-style original`` is the original's untested ``<e>`` experiment
 instead (model.dyadic.LEARNED_ENDS); ``platolm_run.json`` then names the marker (``end_of_conversation``).
 
-The run resumes by itself from the last ``checkpoint-*`` in ``--output_dir``; Ctrl-C (single process)
+The run resumes by itself from the last ``checkpoint-*`` in ``--out``; Ctrl-C (single process)
 finishes the step, saves a checkpoint and exits with 130, so rerunning the same command continues.
-The output directory ends with the model (or adapter, see ``--lora_save``), its tokenizer,
+The output directory ends with the model (or adapter, see ``--lora-save``), its tokenizer,
 ``trainer_state.json``, ``platolm_run.json`` (recipe, data file and hash, role, template, system prompt, chat
 template, pad token, held-out split, end marker, FSDP layers, ...), ``README.md`` (the model card),
-``eval_split.jsonl`` (with ``--eval_ratio``) and ``loss.png``.
+``eval_split.jsonl`` (with ``--eval-ratio``) and ``loss.png``.
 """
 from __future__ import annotations
 
@@ -94,7 +96,8 @@ ENCODING_VERSION = 2  # bump when the encoded columns change, to invalidate cach
 @dataclass
 class ModelArguments:
     model_name_or_path: str | None = field(
-        default=None, metadata={"help": "base model: local dir, hub name, or 'smollm2' (required)"})
+        default=None, metadata={"aliases": ["--model"], "metavar": "MODEL",
+                                "help": "base model: local dir, hub name, or 'smollm2' (required)"})
     attn_implementation: str | None = field(
         default=None, metadata={"help": "attention kernel; default: flash_attention_2 on CUDA when the "
                                         "flash_attn package is installed, else sdpa"})
@@ -125,8 +128,9 @@ class LoraArguments:
 @dataclass
 class DataArguments:
     data_path: str | None = field(default=None, metadata={
+        "aliases": ["--data"], "metavar": "DATA",
         "help": "ShareGPT / OpenAI-messages file (JSON array or JSONL), or a datasets name/dir (required)"})
-    data_split: str = field(default="train", metadata={"help": "split, when --data_path is a datasets name"})
+    data_split: str = field(default="train", metadata={"help": "split, when --data is a datasets name"})
     data_cache_dir: str | None = field(default=None, metadata={
         "help": "where the tokenised data is cached (default: the datasets cache, $HF_DATASETS_CACHE)"})
     template: str | None = field(default=None, metadata={
@@ -136,26 +140,28 @@ class DataArguments:
         "help": "dyadic runs with a sentencepiece (LLaMA-style) tokenizer: 'original' tokenises as the original's "
                 "slow LlamaTokenizer did (model.dyadic.training_tokenizer), 'as_loaded' as transformers loads it; "
                 "other tokenizers are used as loaded either way", "choices": list(TOKENIZATIONS)})
-    model_max_length: int = field(default=2048, metadata={"help": "tokens per conversation / packed row"})
+    model_max_length: int = field(default=2048, metadata={"aliases": ["--max-length"], "metavar": "N",
+                                                          "help": "tokens per conversation / packed row"})
     eval_ratio: float = field(default=0.0, metadata={
-        "help": "fraction of conversations held out for eval (written to eval_split.jsonl in --output_dir)"})
+        "help": "fraction of conversations held out for eval (written to eval_split.jsonl in --out)"})
     eval_seed: int = field(default=125, metadata={
         "help": "seed of the held-out split (the original: numpy seed 125, the last 5%% of a permutation)"})
     row_order: str = field(default="permutation", metadata={
-        "help": "with --eval_ratio: the training rows in the held-out draw's permutation order, as the original "
+        "help": "with --eval-ratio: the training rows in the held-out draw's permutation order, as the original "
                 "(so the sampler's batches are the original's), or in the data 'file' order",
         "choices": list(ROW_ORDERS)})
     end_token: bool = field(default=False, metadata={
         "help": "Socratic: learn to write an end marker as the human's next turn after the last answer of "
                 "conversations that really ended (model.dyadic.really_ended)"})
     end_style: str = field(default="project", metadata={
-        "help": "--end_token's marker: 'project' = model.dyadic.END_OF_CONVERSATION as plain text under the "
+        "help": "--end-token's marker: 'project' = model.dyadic.END_OF_CONVERSATION as plain text under the "
                 "paper's system prompt; 'original' = the original's untested experiment: <e>, added to the "
                 "vocabulary, under its own system prompt (model.dyadic.LEARNED_ENDS)",
         "choices": list(LEARNED_ENDS)})
     packing: bool = field(default=True, metadata={
-        "help": "pack conversations into rows of model_max_length (false: one per row, padded)"})
+        "help": "pack conversations into rows of --max-length tokens (false: one per row, padded)"})
     system_prompt: str | None = field(default=None, metadata={
+        "aliases": ["--system"], "metavar": "TEXT",
         "help": "system prompt for every record (default: the record's own, else the package's)"})
     strict: bool = field(default=False, metadata={"help": "stop at the first bad record"})
     preprocessing_num_workers: int | None = field(default=None, metadata={"help": "processes for tokenising"})
@@ -163,8 +169,11 @@ class DataArguments:
 
 @dataclass
 class TrainArguments(TrainingArguments):
+    output_dir: str | None = field(default=None, metadata={
+        "aliases": ["--out"], "metavar": "DIR",
+        "help": "where the model, its checkpoints and platolm_run.json go (required)"})
     auto_resume: bool = field(default=True, metadata={
-        "help": "resume from the last checkpoint-* in --output_dir when there is one"})
+        "help": "resume from the last checkpoint-* in --out when there is one"})
 
 
 # Project defaults under the recipe and the command line: log often enough for a plot of a short run.
@@ -178,11 +187,7 @@ def parse_args(argv: list[str] | None = None):
     pre.add_argument("--config")
     pre.add_argument("--deepspeed")
     known, _ = pre.parse_known_args(argv)
-    parser = HfArgumentParser((ModelArguments, LoraArguments, DataArguments, TrainArguments),
-                              prog=f"python -m {_prog()}", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", metavar="RECIPE.yaml",
-                        help="YAML recipe of defaults for any option below; command-line flags win")
-    parser.set_defaults(**PROJECT_DEFAULTS)
+    parser = build_parser()
     recipe: dict = {}
     if known.config:
         try:
@@ -199,16 +204,36 @@ def parse_args(argv: list[str] | None = None):
     if start_deepspeed_on_cpu(known.deepspeed or recipe.get("deepspeed")):
         parser.set_defaults(accelerator_config={"use_configured_state": True})
     model_args, lora_args, data_args, train_args, _ = parser.parse_args_into_dataclasses(argv)
-    for name, value in (("--model_name_or_path", model_args.model_name_or_path),
-                        ("--data_path", data_args.data_path), ("--output_dir", train_args.output_dir)):
+    for name, value in (("--model", model_args.model_name_or_path), ("--data", data_args.data_path),
+                        ("--out", train_args.output_dir)):
         if not value:
             parser.error(f"{name} is required (on the command line or in the recipe)")
     if lora_args.load_in_4bit:
         lora_args.lora = True
         if lora_args.lora_save == "merged":
-            parser.error("--load_in_4bit: merging into 4-bit weights is lossy; use --lora_save adapter "
+            parser.error("--load-in-4bit: merging into 4-bit weights is lossy; use --lora-save adapter "
                          "and merge onto a bf16 base afterwards")
     return model_args, lora_args, data_args, train_args, {"path": known.config, "options": recipe}
+
+
+def build_parser() -> HfArgumentParser:
+    """Every option: the project's dataclasses, TrainingArguments' and ``--config``; the project's defaults set.
+
+    --help shows one spelling per option: the shared vocabulary's (``--model``, ``--data``, ``--out``,
+    ``--max-length``, ``--system``: each field's ``aliases``) or the hyphenated field name. The original's
+    spellings (``--model_name_or_path``, ``--output_dir``, every flag with underscores) still parse, so the
+    original's scripts run unchanged.
+    """
+    parser = HfArgumentParser((ModelArguments, LoraArguments, DataArguments, TrainArguments),
+                              prog=f"python -m {_prog()}", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", metavar="RECIPE.yaml",
+                        help="YAML recipe of defaults for any option below; command-line flags win")
+    parser.set_defaults(**PROJECT_DEFAULTS)
+    for action in parser._actions:  # HfArgumentParser adds --field_name, --field-name, then the aliases
+        spellings = [o for o in action.option_strings if o.startswith("--")]
+        if spellings:
+            action.option_strings = [o for o in action.option_strings if o not in spellings] + spellings[-1:]
+    return parser
 
 
 def start_deepspeed_on_cpu(deepspeed_config) -> bool:
@@ -370,7 +395,7 @@ def fill_fsdp_wrap(train_args: TrainingArguments, model) -> list[str] | None:
     layers = layers_to_wrap(model)
     if not layers:
         raise UsageError(f"FSDP: {type(model).__name__} declares no decoder-layer class (_no_split_modules); "
-                         f"name one with --fsdp_config '{{\"transformer_layer_cls_to_wrap\": [...]}}'")
+                         f"name one with --fsdp-config '{{\"transformer_layer_cls_to_wrap\": [...]}}'")
     if plugin:
         plugin["transformer_cls_names_to_wrap"] = ",".join(layers)
         train_args.fsdp_config["transformer_layer_cls_to_wrap"] = layers
@@ -383,9 +408,9 @@ def check_qlora_possible() -> str | None:
     import torch
 
     if not torch.cuda.is_available():
-        return "--load_in_4bit (QLoRA) needs a CUDA GPU; use --lora without it on this machine"
+        return "--load-in-4bit (QLoRA) needs a CUDA GPU; use --lora without it on this machine"
     if importlib.util.find_spec("bitsandbytes") is None:
-        return "--load_in_4bit (QLoRA) needs the bitsandbytes package (pip install bitsandbytes)"
+        return "--load-in-4bit (QLoRA) needs the bitsandbytes package (pip install bitsandbytes)"
     return None
 
 
@@ -519,7 +544,7 @@ def ended_ids(records) -> frozenset:
 def encode_records(records, data_hash: str, tokenizer, train_role: str, default_system: str,
                    data_args: DataArguments, ended: frozenset = frozenset()):
     """Tokenise with ``datasets.map``; the cache key covers data, tokenizer, role, template, length, prompt
-    and the end marker (``ended``: ids whose conversation gets ``--end_style``'s marker as a last human turn).
+    and the end marker (``ended``: ids whose conversation gets ``--end-style``'s marker as a last human turn).
 
     Returns (encoded dataset, whether it came from the cache).
     """
@@ -694,13 +719,13 @@ def check_options(train_role: str, model_args: ModelArguments, lora_args: LoraAr
     if lora_args.load_in_4bit and (problem := check_qlora_possible()):
         raise UsageError(problem)
     if data_args.end_token and train_role != HUMAN:
-        raise UsageError("--end_token: only Socratic (trained on the human's turns) learns to end a conversation")
+        raise UsageError("--end-token: only Socratic (trained on the human's turns) learns to end a conversation")
     if train_args.eval_strategy != "no" and data_args.eval_ratio <= 0:
-        raise UsageError(f"--eval_strategy {train_args.eval_strategy.value} needs a held-out split: "
-                         f"give --eval_ratio (the original: 0.05)")
+        raise UsageError(f"--eval-strategy {train_args.eval_strategy.value} needs a held-out split: "
+                         f"give --eval-ratio (the original: 0.05)")
     if model_args.pad_token == "add" and lora_args.lora and lora_args.lora_save == "adapter":
-        raise UsageError("--pad_token add grows the vocabulary, which a bare LoRA adapter cannot carry; "
-                         "use --lora_save merged or --pad_token reuse")
+        raise UsageError("--pad-token add grows the vocabulary, which a bare LoRA adapter cannot carry; "
+                         "use --lora-save merged or --pad-token reuse")
 
 
 def load_tokenizer(model_path: str, model_args: ModelArguments, data_args: DataArguments):
@@ -784,7 +809,7 @@ def run_record(train_role: str, system: str, model_args, lora_args, data_args, r
 
 
 def resume_point(train_args: TrainArguments) -> str | None:
-    """The checkpoint this run resumes from: ``--resume_from_checkpoint``, else the last in ``--output_dir``."""
+    """The checkpoint this run resumes from: ``--resume-from-checkpoint``, else the last in ``--out``."""
     from transformers.trainer_utils import get_last_checkpoint
 
     resume = train_args.resume_from_checkpoint
@@ -855,7 +880,7 @@ def main(train_role: str, system_prompt: str, argv: list[str] | None = None) -> 
     follow_checkpoint(model_path, data_args, train_args)
     tokenizer, pad, slow = load_tokenizer(model_path, model_args, data_args)
     if data_args.end_token and LEARNED_ENDS[data_args.end_style].system:
-        system_prompt = LEARNED_ENDS[data_args.end_style].system  # a --system_prompt still wins (prepare_data)
+        system_prompt = LEARNED_ENDS[data_args.end_style].system  # a --system still wins (prepare_data)
     system = system_prompt if data_args.system_prompt is None else data_args.system_prompt
     chat_template, notes = prepare_chat_template(tokenizer, train_role, system, data_args, say)
     data = prepare_data(tokenizer, train_role, system_prompt, data_args, train_args, say)

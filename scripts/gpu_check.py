@@ -91,11 +91,11 @@ def throughput(out: Path, params: int, steps: int, dry: bool) -> dict:
     print(f"building a random 1B-shaped Llama in {model_dir}", flush=True)
     if not dry:
         build_1b(model_dir, dry=False)
-    run([PY, "-m", "model.sft_platolm.train", "--model_name_or_path", model_dir, "--data_path", out / "sharegpt.json",
-         "--output_dir", run_dir, "--bf16", "--tf32", "true", "--attn_implementation", attn,
-         "--model_max_length", 2048, "--packing", "true", "--per_device_train_batch_size", 8, "--max_steps", steps,
-         "--learning_rate", "2e-5", "--logging_steps", 5, "--save_strategy", "no", "--report_to", "none",
-         "--include_num_input_tokens_seen", "true", "--auto_resume", "false"], dry)
+    run([PY, "-m", "model.sft_platolm.train", "--model", model_dir, "--data", out / "sharegpt.json",
+         "--out", run_dir, "--bf16", "--tf32", "true", "--attn-implementation", attn,
+         "--max-length", 2048, "--packing", "true", "--per-device-train-batch-size", 8, "--max-steps", steps,
+         "--learning-rate", "2e-5", "--logging-steps", 5, "--save-strategy", "no", "--report-to", "none",
+         "--include-num-input-tokens-seen", "true", "--auto-resume", "false"], dry)
     if dry:
         return {"params": params, "attention": attn}
     state = json.loads((run_dir / "trainer_state.json").read_text())
@@ -113,10 +113,10 @@ def throughput(out: Path, params: int, steps: int, dry: bool) -> dict:
 def socratic_on_vllm(out: Path, sessions: int, dry: bool) -> dict:
     """Stage 2: train a small Socratic (dyadic template), serve it with vLLM, simulate against a local teacher."""
     socratic, chat = out / "socratic-smollm2", out / "socraticchat.jsonl"
-    run([PY, "-m", "model.sft_socratic.train", "--model_name_or_path", "smollm2", "--data_path", out / "sharegpt.json",
-         "--output_dir", socratic, "--bf16", "--model_max_length", 1024,
-         "--per_device_train_batch_size", 8, "--max_steps", 60, "--learning_rate", "5e-5",
-         "--save_strategy", "no", "--report_to", "none", "--auto_resume", "false"], dry)
+    run([PY, "-m", "model.sft_socratic.train", "--model", "smollm2", "--data", out / "sharegpt.json",
+         "--out", socratic, "--bf16", "--max-length", 1024,
+         "--per-device-train-batch-size", 8, "--max-steps", 60, "--learning-rate", "5e-5",
+         "--save-strategy", "no", "--report-to", "none", "--auto-resume", "false"], dry)
     port = free_port()
     teacher = [PY, "-m", "tests.fault_teacher", "--port", port, "--answer-words", "80"]
     with (nullcontext(f"http://127.0.0.1:{port}/v1") if dry

@@ -13,6 +13,6 @@ NPROC="${NPROC:-4}"
 RECIPE="${RECIPE:-recipes/platolm_7b_fsdp.yaml}"
 PORT="${MASTER_PORT:-29500}"
 PYTHON="${PYTHON:-python}"
-exec "$PYTHON" -m torch.distributed.run --nproc_per_node "$NPROC" --master_port "$PORT" \
+exec "$PYTHON" -m torch.distributed.run --nproc-per-node "$NPROC" --master-port "$PORT" \
     -m model.sft_platolm.train --config "$RECIPE" \
-    --model_name_or_path "$MODEL" --data_path "$DATA" --output_dir "$OUT" "$@"
+    --model "$MODEL" --data "$DATA" --out "$OUT" "$@"

@@ -8,7 +8,7 @@ with ``--max-context N`` a prompt of N words or more gets a 400 ``context_length
 reply that would run past N words is cut with ``finish_reason: "length"``, as a real server does.
 
 As ``--role human`` with ``--end-after K`` it writes the end-of-conversation marker
-(``model.dyadic.END_OF_CONVERSATION``) instead of question K+1, like a Socratic trained with ``--end_token``.
+(``model.dyadic.END_OF_CONVERSATION``) instead of question K+1, like a Socratic trained with ``--end-token``.
 ``--log-requests FILE`` appends every request body to FILE (JSONL), for tests of what a caller sends.
 ``--prefix TEXT`` starts every reply with TEXT (two assistants that differ in a known way); as ``--role human``,
 ``--use-seed`` makes the question depend on the request's ``seed`` too (a sampling simulator), and

@@ -135,10 +135,10 @@ def train_in_process(role: str, tiny_dir, data, out, *extra: str) -> dict:
     from model.train import main
 
     system = SYSTEM_PROMPTS[role]
-    rc = main(role, system, ["--model_name_or_path", str(tiny_dir), "--data_path", str(data), "--output_dir", str(out),
-                             "--model_max_length", "256", "--max_steps", "2", "--save_steps", "1",
-                             "--per_device_train_batch_size", "2", "--use_cpu", "--report_to", "none",
-                             "--data_cache_dir", str(out.parent / "cache"), "--disable_tqdm", "true", *extra])
+    rc = main(role, system, ["--model", str(tiny_dir), "--data", str(data), "--out", str(out),
+                             "--max-length", "256", "--max-steps", "2", "--save-steps", "1",
+                             "--per-device-train-batch-size", "2", "--use-cpu", "--report-to", "none",
+                             "--data-cache-dir", str(out.parent / "cache"), "--disable-tqdm", "true", *extra])
     assert rc == 0
     return json.loads((out / "platolm_run.json").read_text())
 

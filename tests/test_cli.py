@@ -12,7 +12,7 @@ PLATOLM, SOCRATIC = "model.sft_platolm.cli", "model.sft_socratic.cli"
 
 
 def run_cli(module: str, model: str, stdin: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([PYTHON, "-m", module, "--model-path", model, "--device", "cpu", *args],
+    return subprocess.run([PYTHON, "-m", module, "--model", model, "--device", "cpu", *args],
                           input=stdin, capture_output=True, text=True, cwd=ROOT, env=env_offline(),
                           timeout=300)
 

@@ -18,9 +18,9 @@ from tests.conftest import PYTHON, ROOT, env_offline
 from tests.test_train import free_port, mean_loss, write_convs
 
 pytestmark = pytest.mark.slow
-SHRINK = ["--bf16", "false", "--tf32", "false", "--model_max_length", "256", "--per_device_train_batch_size", "2",
-          "--gradient_accumulation_steps", "1", "--learning_rate", "5e-3", "--logging_steps", "1",
-          "--dataloader_num_workers", "0", "--disable_tqdm", "true"]
+SHRINK = ["--bf16", "false", "--tf32", "false", "--max-length", "256", "--per-device-train-batch-size", "2",
+          "--gradient-accumulation-steps", "1", "--learning-rate", "5e-3", "--logging-steps", "1",
+          "--dataloader-num-workers", "0", "--disable-tqdm", "true"]
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def launch(cmd: list[str], env: dict) -> subprocess.CompletedProcess:
 
 
 def torchrun(args: list[str], env: dict) -> subprocess.CompletedProcess:
-    return launch([PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+    return launch([PYTHON, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                    "-m", "model.sft_platolm.train", *args], env)
 
 
@@ -54,15 +54,15 @@ def check_saved_model(out, base_dir, data):
 
 
 def test_zero3_recipe_under_torchrun_shards_trains_saves_and_resumes(setup, tmp_path):
-    """The documented ZeRO-3 variant of the 7B recipe (--fsdp "" --gradient_checkpointing --deepspeed ...)."""
+    """The documented ZeRO-3 variant of the 7B recipe (--fsdp "" --gradient-checkpointing --deepspeed ...)."""
     from transformers import AutoModelForCausalLM
 
     tiny_dir, data, env = setup
     out = tmp_path / "out"
-    args = ["--config", "recipes/platolm_7b_fsdp.yaml", "--fsdp", "", "--gradient_checkpointing",
-            "--deepspeed", "configs/ds_zero3.json", "--model_name_or_path", str(tiny_dir), "--data_path", str(data),
-            "--output_dir", str(out), *SHRINK, "--save_steps", "8"]
-    proc = torchrun([*args, "--max_steps", "8"], env)
+    args = ["--config", "recipes/platolm_7b_fsdp.yaml", "--fsdp", "", "--gradient-checkpointing",
+            "--deepspeed", "configs/ds_zero3.json", "--model", str(tiny_dir), "--data", str(data),
+            "--out", str(out), *SHRINK, "--save-steps", "8"]
+    proc = torchrun([*args, "--max-steps", "8"], env)
     assert "processes: 2, DeepSpeed;" in proc.stderr
 
     state = json.loads((out / "trainer_state.json").read_text())
@@ -88,7 +88,7 @@ def test_zero3_recipe_under_torchrun_shards_trains_saves_and_resumes(setup, tmp_
     check_saved_model(out, tiny_dir, data)
 
     # the same command, two steps further, resumes from DeepSpeed's checkpoint (partitioned optimizer states)
-    proc = torchrun([*args, "--max_steps", "10"], env)
+    proc = torchrun([*args, "--max-steps", "10"], env)
     assert f"resuming from {out / 'checkpoint-8'}" in proc.stderr
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["global_step"] == 10 and [h["step"] for h in state["log_history"] if "loss" in h][-2:] == [9, 10]
@@ -101,8 +101,8 @@ def test_accelerate_launch_with_the_zero3_config(setup, tmp_path):
     out = tmp_path / "out"
     proc = launch([PYTHON, "-m", "accelerate.commands.launch", "--config_file", "configs/accelerate_zero3.yaml",
                    "--num_processes", "2", "--main_process_port", str(free_port()),
-                   "-m", "model.sft_platolm.train", "--model_name_or_path", str(tiny_dir), "--data_path", str(data),
-                   "--output_dir", str(out), *SHRINK, "--max_steps", "6", "--save_strategy", "no"], env)
+                   "-m", "model.sft_platolm.train", "--model", str(tiny_dir), "--data", str(data),
+                   "--out", str(out), *SHRINK, "--max-steps", "6", "--save-strategy", "no"], env)
     assert "processes: 2, DeepSpeed;" in proc.stderr
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["global_step"] == 6

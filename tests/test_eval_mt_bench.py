@@ -216,7 +216,7 @@ def bench(mt_bench_data, server, tmp_path_factory) -> Path:
     for m in REF_MODELS:
         write_jsonl(d / "model_answer" / f"{m}.jsonl",
                     [dict(a, model_id=m) for a in read_jsonl(mt_bench_data / "reference_answer" / f"{m}.jsonl")])
-    mt_bench("answer", "--bench-dir", d, "--base-url", server.url + "/v1", "--model", "echo", "--model-id",
+    mt_bench("answer", "--bench-dir", d, "--base-url", server.url + "/v1", "--model", "echo", "--name",
              "echo-7b", "--question-ids", "81,101,111,121,131")
     return d
 
@@ -279,7 +279,7 @@ def test_judge_single_show_and_resume(server, bench, tmp_path):
     for model in [*REF_MODELS, "echo-7b"]:
         mine = [r for r in recs if r["model"] == model]
         rated = [r["score"] for r in mine if r["score"] != -1]
-        shown = json.loads(mt_bench("show", "--judgment-file", out, "--model", model, "--json").stdout)
+        shown = json.loads(mt_bench("show", "--data", out, "--model-list", model, "--json").stdout)
         assert shown["model"] == model
         assert shown["overall"] == pytest.approx(sum(rated) / len(rated), abs=1e-4)
         t2 = [r["score"] for r in mine if r["score"] != -1 and r["turn"] == 2]
@@ -300,7 +300,7 @@ def test_judge_single_show_and_resume(server, bench, tmp_path):
     key = lambda r: json.dumps([r[k] for k in ("question_id", "model", "turn", "score")])  # noqa: E731
     assert sorted(map(key, read_jsonl(out))) == sorted(map(key, recs[:12]))
 
-    table = mt_bench("show", "--judgment-file", out, "--plot", tmp_path / "radar.png").stdout
+    table = mt_bench("show", "--data", out, "--plot", tmp_path / "radar.png").stdout
     assert "gpt-4-0125-preview" in table and "turn2" in table
     assert (tmp_path / "radar.png").stat().st_size > 1000
 
@@ -311,7 +311,7 @@ def test_unparsable_replies_are_counted_not_scored(server, bench, tmp_path):
                     server.url + "/v1", "--model-list", "gpt-4", "--question-ids", "101", "--out", out)
     assert "2 judge replies held no parsable rating" in proc.stderr
     assert [r["score"] for r in read_jsonl(out)] == [-1, -1]
-    shown = json.loads(mt_bench("show", "--judgment-file", out, "--json").stdout)
+    shown = json.loads(mt_bench("show", "--data", out, "--json").stdout)
     assert shown["overall"] is None and shown["num_unrated"] == 2
 
 
@@ -342,7 +342,7 @@ def test_judge_pairwise(server, bench, tmp_path):
     assert len(recs) == 4 and all(r["model_2"] == "gpt-4" for r in recs)
     assert all(r["judge"][1].startswith("pair-math-v1") for r in recs)
     win, loss, tie = pair_counts(recs)
-    shown = json.loads(mt_bench("show", "--judgment-file", out, "--model", "gpt-4-0125-preview", "--json").stdout)
+    shown = json.loads(mt_bench("show", "--data", out, "--model-list", "gpt-4-0125-preview", "--json").stdout)
     assert (shown["win"], shown["loss"], shown["tie"]) == (win, loss, tie)
     assert shown["num_error"] == len(recs) - win - loss - tie
 
@@ -352,7 +352,7 @@ def test_judge_pairwise(server, bench, tmp_path):
     pairs = {(r["model_1"], r["model_2"], r["turn"]) for r in read_jsonl(every)}
     assert pairs == {(a, b, t) for a, b in [("gpt-4", "gpt-4-0125-preview"), ("gpt-4", "echo-7b"),
                                              ("gpt-4-0125-preview", "echo-7b")] for t in (1, 2)}
-    shown = json.loads(mt_bench("show", "--judgment-file", every, "--json").stdout)
+    shown = json.loads(mt_bench("show", "--data", every, "--json").stdout)
     assert [s["model"] for s in shown] == sorted([*REF_MODELS, "echo-7b"])
 
 
@@ -380,7 +380,7 @@ def test_bad_benchmark_inputs(tmp_path):
     assert f"benchmark 'vicuna_bench': no question file {tmp_path / 'nothing' / 'question.jsonl'}" in proc.stderr
     assert "fetch_mt_bench --bench vicuna_bench" in proc.stderr
     bad = write_jsonl(tmp_path / "q.jsonl", [{"question_id": 1, "turns": ["a"]}, {"question_id": 2, "turns": "b"}])
-    proc = mt_bench("answer", "--question-file", bad, "--model-id", "x", "--model", "smollm2", check=False)
+    proc = mt_bench("answer", "--question-file", bad, "--name", "x", "--model", "smollm2", check=False)
     assert proc.returncode == 1 and f"{bad}: record 1: not a benchmark question" in proc.stderr
 
 
@@ -400,7 +400,7 @@ def test_answer_local_tiny_model(tiny_dir, mt_bench_data, tmp_path):
     single = dict(qs[82], question_id=9082, turns=qs[82]["turns"][:1])  # a Vicuna-Bench-style question
     qfile = write_jsonl(tmp_path / "question.jsonl", [qs[81], single, long_q])
     out = tmp_path / "tiny.jsonl"
-    args = ["answer", "--model", tiny_dir, "--model-id", "tiny", "--out", out, "--max-new-tokens", "6",
+    args = ["answer", "--model", tiny_dir, "--name", "tiny", "--out", out, "--max-new-tokens", "6",
             "--question-file", qfile]
     mt_bench(*args)
     recs = read_jsonl(out)
@@ -439,7 +439,7 @@ def vicuna(mt_bench_data, server, tmp_path_factory) -> Path:
         write_jsonl(d / "model_answer" / f"{m}.jsonl", first_turns(refs / f"{m}.jsonl", m))
     before = server.stats()["ok"]
     mt_bench("answer", "--bench", "vicuna_bench", "--bench-dir", d, "--base-url", server.url + "/v1",
-             "--model", "echo", "--model-id", "echo-7b")
+             "--model", "echo", "--name", "echo-7b")
     assert server.stats()["ok"] - before == len(VICUNA_CATEGORIES)  # one turn each
     return d
 
@@ -457,13 +457,13 @@ def test_vicuna_bench_single(server, vicuna, tmp_path):
     refs = {a["question_id"]: a for a in read_jsonl(vicuna / "reference_answer/gpt-4.jsonl")}
     check_single(recs, answers, refs)
     assert sum(r["judge"][1] == "single-math-v1" for r in recs) == 6  # math and coding, as FastChat
-    shown = json.loads(mt_bench("show", "--bench", "vicuna_bench", "--judgment-file", out, "--json").stdout)
+    shown = json.loads(mt_bench("show", "--bench", "vicuna_bench", "--data", out, "--json").stdout)
     for s in shown:
         mine = [r["score"] for r in recs if r["model"] == s["model"] and r["score"] != -1]
         assert s["overall"] == pytest.approx(sum(mine) / len(mine), abs=1e-4) and s["turn1"] == s["overall"]
         assert "turn2" not in s
         assert set(s["categories"]) <= {"fermi", "counterfactual", "math", "coding"}
-    table = mt_bench("show", "--judgment-file", out).stdout
+    table = mt_bench("show", "--data", out).stdout
     assert "turn1" in table and "turn2" not in table
     if (SHARED / "vicuna_bench").is_dir():
         check_real_vicuna_bench(server, tmp_path)
@@ -478,7 +478,7 @@ def test_vicuna_bench_pairwise(server, vicuna, tmp_path):
     assert len(recs) == 5 and {r["turn"] for r in recs} == {1}
     assert {r["judge"][1] for r in recs} == {"pair-v2", "pair-math-v1"}
     win, loss, tie = pair_counts(recs)
-    shown = json.loads(mt_bench("show", "--judgment-file", out, "--model", "gpt-4-0125-preview", "--json").stdout)
+    shown = json.loads(mt_bench("show", "--data", out, "--model-list", "gpt-4-0125-preview", "--json").stdout)
     assert (shown["win"], shown["loss"], shown["tie"]) == (win, loss, tie)
 
 
@@ -489,8 +489,8 @@ def check_real_vicuna_bench(server, tmp_path) -> None:
 
     d = tmp_path / "vicuna_bench"
     shutil.copytree(SHARED / "vicuna_bench", d)
-    mt_bench("answer", "--bench-dir", d, "--base-url", server.url + "/v1", "--model", "echo", "--model-id", "echo-7b",
-             "--parallel", "16")
+    mt_bench("answer", "--bench-dir", d, "--base-url", server.url + "/v1", "--model", "echo", "--name", "echo-7b",
+             "--concurrency", "16")
     assert {len(a["choices"][0]["turns"]) for a in read_jsonl(d / "model_answer/echo-7b.jsonl")} == {1}
     proc = mt_bench("judge", "--bench", "vicuna_bench", "--bench-dir", d, "--model-list", "echo-7b", "--dry-run")
     assert "80 judgments, 0 already in" in proc.stderr and "80 judge calls" in proc.stderr

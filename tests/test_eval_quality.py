@@ -141,7 +141,7 @@ def quality_run(tmp_path_factory, tiny_dir, detector_dir, server):
     prompt = tmp / "prompt_template.txt"
     prompt.write_text(ORIGINAL_STYLE_PROMPT)
     first = run_quality("--data", data, data2, "--name", "ShareGPT", "ShareGPT-2", "--embedder", "minilm", "--json",
-                        "--out-dir", tmp / "results", "--tokenizer", tiny_dir, "--detector", detector_dir,
+                        "--out", tmp / "results", "--tokenizer", tiny_dir, "--detector", detector_dir,
                         "--judge-model", "judge-q", "--judge-base-url", server.url + "/v1", "--sample", "5",
                         "--prompt-file", prompt)
     return dict(convs=convs, questions=questions, data=data, prompt=prompt, tmp=tmp, first=first,

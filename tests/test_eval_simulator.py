@@ -102,7 +102,7 @@ def test_perplexity_equals_a_per_turn_loop_on_real_conversations(which, template
     model_dir = tiny_dir if which == "tiny" else smollm2_dir
     convs = list(iter_conversations(real_file))
     r = result(tmp_path, "perplexity", "--model", str(model_dir), "--data", str(real_file), "--template", template,
-               "--max-length", str(max_length), "--batch-tokens", "1024", "--name", "x")
+               "--max-context", str(max_length), "--batch-tokens", "1024", "--name", "x")
     total, count = per_turn_loop(model_dir, template, convs, max_length)
     assert r["metric"] == "perplexity" and r["name"] == "x" and r["conversations"] == len(convs)
     assert r["tokens"] == count and r["skipped"] == 0
@@ -138,7 +138,7 @@ def test_bad_conversations_are_named_counted_and_the_rest_scored(tiny_dir, tmp_p
     ]
     data = tmp_path / "bad.jsonl"
     write_jsonl(data, records)
-    r = result(tmp_path, "perplexity", "--model", str(tiny_dir), "--data", str(data), "--max-length", "256")
+    r = result(tmp_path, "perplexity", "--model", str(tiny_dir), "--data", str(data), "--max-context", "256")
     err = capfd.readouterr().err
     assert r["conversations"] == 2 and r["skipped"] == 3 and r["truncated"] == 3
     assert r["skipped_reasons"] == {"no human turn": 1, "no human token within max_length": 1, "unknown role": 1}
@@ -164,7 +164,7 @@ def test_perplexity_input_is_streamed(tiny_dir, tiny_tokenizer):
 
 def test_perplexity_resumes_from_its_details_file(tiny_dir, real_file, tmp_path):
     details = tmp_path / "details.jsonl"
-    args = ["perplexity", "--model", str(tiny_dir), "--data", str(real_file), "--max-length", "200",
+    args = ["perplexity", "--model", str(tiny_dir), "--data", str(real_file), "--max-context", "200",
             "--details", str(details)]
     first = result(tmp_path, *args, "--limit", "3")
     assert len(details.read_text().splitlines()) == 1 + 3

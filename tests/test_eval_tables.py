@@ -62,9 +62,9 @@ def results(bench, vicuna, server, tiny_dir, tmp_path_factory):
     a = write_jsonl(res.parent / "socratic.jsonl", [c.to_sharegpt() for c in convs])
     b = write_jsonl(res.parent / "sharegpt.jsonl", [c.to_sharegpt() for c in other])
     proc = run_quality("--data", a, b, "--name", "SocraticChat", "ShareGPT", *local_embedder(server, res.parent),
-                       "--tokenizer", tiny_dir, "--out-dir", res / "question_quality")
+                       "--tokenizer", tiny_dir, "--out", res / "question_quality")
     assert proc.returncode == 0, proc.stderr
-    stats = subprocess.run([PYTHON, "-m", "data.prepare", "stats", "--in", a, "--tokenizer", tiny_dir, "--json"],
+    stats = subprocess.run([PYTHON, "-m", "data.prepare", "stats", "--data", a, "--tokenizer", tiny_dir, "--json"],
                            cwd=ROOT, env=env_offline(), capture_output=True, text=True)
     assert stats.returncode == 0, stats.stderr
     (res / "corpus_stats").mkdir()
@@ -86,7 +86,7 @@ def row(text: str, start: str) -> list[str]:
 
 def test_report_with_paper_numbers(results, tmp_path):
     report = tmp_path / "paper" / "PAPER.md"
-    proc = tables("--results", results, "--out", report, "--paper")
+    proc = tables("--data", results, "--out", report, "--paper")
     assert proc.returncode == 0, proc.stderr
     text = report.read_text()
     main = text.split("## Main results")[1].split("## 10K comparison")[0]
@@ -95,7 +95,7 @@ def test_report_with_paper_numbers(results, tmp_path):
     assert lines[0].startswith("| PlatoLM-7b | paper: arxiv | 6.33 | 6.74 | 5.91 |")
     header = row(main, "| model | source | overall |")
     ours = dict(zip(header, row(main, "| platolm-7b | ours |")))
-    shown = json.loads(mt_bench("show", "--judgment-file", results / "mt_bench" / "judge-x_single.jsonl", "--model",
+    shown = json.loads(mt_bench("show", "--data", results / "mt_bench" / "judge-x_single.jsonl", "--model-list",
                                 "platolm-7b", "--json").stdout)
     assert ours["overall"] == f"{shown['overall']:.2f}" and ours["turn 1"] == f"{shown['turn1']:.2f}"
     assert ours["turn 2"] == f"{shown['turn2']:.2f}"
@@ -119,7 +119,7 @@ def test_report_with_paper_numbers(results, tmp_path):
 
 def test_report_without_paper_numbers(results, tmp_path):
     report = tmp_path / "REPORT.md"
-    proc = tables("--results", results, "--out", report)
+    proc = tables("--data", results, "--out", report)
     assert proc.returncode == 0, proc.stderr
     text = report.read_text()
     assert "paper:" not in text and "## 10K comparison" not in text and "## Ablation: backbone pairing" not in text
@@ -139,7 +139,7 @@ def test_report_without_paper_numbers(results, tmp_path):
 
 def test_simulator_quality_section(results, tmp_path):
     report = tmp_path / "REPORT.md"
-    assert tables("--results", results, "--out", report).returncode == 0
+    assert tables("--data", results, "--out", report).returncode == 0
     section = report.read_text().split("## Simulator quality")[1]
     names = [line.split("|")[1].strip() for line in section.splitlines()[4:] if line.startswith("|")]
     assert names == ["ShareGPT humans", "Role-play", "Socratic"]  # the human reference first
@@ -156,11 +156,11 @@ def test_bad_results(results, tmp_path):
     bad = tmp_path / "bad"
     shutil.copytree(results / "simulator", bad / "simulator")
     (bad / "simulator" / "x.json").write_text(json.dumps({"name": "x", "metric": "fluency"}))
-    proc = tables("--results", bad, "--out", tmp_path / "r.md")
+    proc = tables("--data", bad, "--out", tmp_path / "r.md")
     assert proc.returncode == 2 and "x.json: unknown metric 'fluency'" in proc.stderr
     (tmp_path / "empty").mkdir()
-    proc = tables("--results", tmp_path / "empty", "--out", tmp_path / "r.md")
+    proc = tables("--data", tmp_path / "empty", "--out", tmp_path / "r.md")
     assert proc.returncode == 2 and "holds no result files" in proc.stderr
     (bad / "simulator" / "x.json").write_text("{not json")
-    proc = tables("--results", bad, "--out", tmp_path / "r.md")
+    proc = tables("--data", bad, "--out", tmp_path / "r.md")
     assert proc.returncode == 2 and "x.json: not JSON" in proc.stderr

@@ -60,7 +60,7 @@ def run(cmd: list, cwd=ROOT) -> str:
 
 def ours(bench, kind: str, *models: str) -> dict[str, dict]:
     path = bench / "data/mt_bench/model_judgment" / f"{JUDGE}_{kind}.jsonl"
-    shown = json.loads(run([PYTHON, "-m", "eval.mt_bench", "show", "--judgment-file", path, "--json",
+    shown = json.loads(run([PYTHON, "-m", "eval.mt_bench", "show", "--data", path, "--json",
                             *(["--model", *models] if models else [])]))
     return {s["model"]: s for s in (shown if isinstance(shown, list) else [shown])}
 

@@ -34,7 +34,7 @@ def test_paper_recipes_hold_the_original_hyper_parameters(role, tmp_path):
     assert raw["bf16"] is True and raw["tf32"] is True and raw["fsdp_config"]["activation_checkpointing"] is True
     assert "transformer_layer_cls_to_wrap" not in raw["fsdp_config"]  # the backbone's own layers
     model_args, _, data_args, train_args, _ = parse_args([
-        "--config", str(recipe), "--output_dir", str(tmp_path), "--bf16", "false", "--tf32", "false"])
+        "--config", str(recipe), "--out", str(tmp_path), "--bf16", "false", "--tf32", "false"])
     got = {**vars(train_args), **vars(model_args), **vars(data_args)}
     for key, value in {**ORIGINAL, **ORIGINAL_BY_ROLE[role]}.items():
         assert getattr(got[key], "value", got[key]) == value, key  # enums (cosine, steps ...) by their value
@@ -90,8 +90,8 @@ def test_platolm_paper_script_runs_its_first_steps(tiny_dir, env, tmp_path):  # 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     data, out = write_convs(tmp_path / "convs.json"), tmp_path / "out"
-    proc = run_7b_script("scripts/sft_platolm_7b_paper.sh", tiny_dir, data, out, env, "--eval_steps", "1",
-                         "--save_steps", "2")
+    proc = run_7b_script("scripts/sft_platolm_7b_paper.sh", tiny_dir, data, out, env, "--eval-steps", "1",
+                         "--save-steps", "2")
     record = json.loads((out / "platolm_run.json").read_text())
     assert record["recipe"]["path"] == "recipes/platolm_7b_paper.yaml"
     assert record["packing"] is False and record["rows"] == record["conversations"]["train"] == 38

@@ -106,7 +106,7 @@ def test_html_to_markdown_keeps_code_language_and_drops_ui():
 def test_clean_cli_runs_every_step_on_a_truncated_file(tmp_path):
     src, out, report = tmp_path / "raw.json", tmp_path / "clean.json", tmp_path / "counts.json"
     write_truncated(src, raw_fixture())
-    proc = prepare("clean", "--in", src, "--out", out, "--report", report)
+    proc = prepare("clean", "--data", src, "--out", out, "--report", report)
     assert "cut off after 9 complete records" in proc.stderr
     kept = {c.id: c for c in load(out)}
     assert sorted(kept) == ["html", "leading-gpt", "noise"]
@@ -135,10 +135,10 @@ def test_bad_records_are_counted_or_stop_with_strict(tmp_path):
     good = sharegpt("ok", "What is the boiling point of water?", "100 degrees Celsius at sea level.")
     src.write_text("\n".join(json.dumps(r) for r in [good, {"id": "x", "conversations": [
         {"from": "alien", "value": "hi"}]}, good]) + "\n")
-    proc = prepare("clean", "--in", src, "--out", tmp_path / "o.json", "--lang", "all")
+    proc = prepare("clean", "--data", src, "--out", tmp_path / "o.json", "--lang", "all")
     assert "skipped 1 bad records" in proc.stderr and "unknown role" in proc.stderr
     assert len(load(tmp_path / "o.json")) == 1  # the duplicate of 'ok' is gone too
-    proc = prepare("clean", "--in", src, "--out", tmp_path / "o2.json", "--strict", check=False)
+    proc = prepare("clean", "--data", src, "--out", tmp_path / "o2.json", "--strict", check=False)
     assert proc.returncode == 1
     assert f"{src}: record 'x': unknown role" in proc.stderr
     assert not (tmp_path / "o2.json").exists()
@@ -150,7 +150,7 @@ def test_clean_resumes_after_an_interruption(tmp_path, monkeypatch):
                for i in range(60)]
     records[45] = {**records[5], "id": "dup-of-c5"}  # its original is written before the interruption
     src.write_text("".join(json.dumps(r) + "\n" for r in records))
-    args = ["clean", "--in", src, "--lang", "all", "--checkpoint-every", 10]
+    args = ["clean", "--data", src, "--lang", "all", "--checkpoint-every", 10]
     prepare(*args, "--out", ref, "--report", tmp_path / "ref_counts.json")
 
     from data import clean as clean_module
@@ -414,7 +414,7 @@ def test_convert_round_trip_through_messages_and_datasets(tmp_path, sharegpt_sli
     prepare("convert", "--data", sharegpt_slice, "--out", tmp_path / "m.jsonl", "--to", "messages")
     first = json.loads((tmp_path / "m.jsonl").read_text().splitlines()[0])
     assert first["messages"][0]["role"] == "user" and first["id"] == original[0].id
-    prepare("convert", "--in", tmp_path / "m.jsonl", "--out", tmp_path / "hf", "--to", "hf")
+    prepare("convert", "--data", tmp_path / "m.jsonl", "--out", tmp_path / "hf", "--to", "hf")
     import datasets
 
     assert len(datasets.load_from_disk(str(tmp_path / "hf"))) == len(original)
@@ -429,7 +429,7 @@ def test_stats_cli_json_table_and_plots(tmp_path, tiny_dir, capsys):
     convs = [sharegpt("a", "What is two plus two?", "Four.", "And three plus three?", "Six."),
              sharegpt("b", "Name a colour.", "Blue.")]
     src.write_text(json.dumps(convs))
-    proc = prepare("stats", "--in", src, "--tokenizer", tiny_dir, "--json", "--plots", tmp_path / "plots")
+    proc = prepare("stats", "--data", src, "--tokenizer", tiny_dir, "--json", "--plots", tmp_path / "plots")
     stats = json.loads(proc.stdout)
     from transformers import AutoTokenizer
 
@@ -447,7 +447,7 @@ def test_stats_cli_json_table_and_plots(tmp_path, tiny_dir, capsys):
     assert all((tmp_path / "plots" / p).read_bytes()[:4] == b"\x89PNG" for p in pngs)
     from data.prepare import main  # the table form, in-process (same entry point as the CLI)
 
-    assert main(["stats", "--in", str(src), "--tokenizer", str(tiny_dir)]) == 0
+    assert main(["stats", "--data", str(src), "--tokenizer", str(tiny_dir)]) == 0
     table = capsys.readouterr().out
     assert "tokens / utterance" in table and f"{stats['avg_human_utterance_tokens']:>12}" in table
 
@@ -501,17 +501,17 @@ def test_truncate_to_k_rounds(tmp_path):
 def test_the_chain_on_real_sharegpt_with_the_smollm2_alias(tmp_path, sharegpt_slice, smollm2_tokenizer):
     """clean -> split -> stats as commands on real ShareGPT, with the command-line contract's options."""
     clean, out, report = tmp_path / "clean.json", tmp_path / "split.json", tmp_path / "report.json"
-    prepare("clean", "--in", sharegpt_slice, "--out", clean, "--report", tmp_path / "clean_counts.json")
+    prepare("clean", "--data", sharegpt_slice, "--out", clean, "--report", tmp_path / "clean_counts.json")
     cleaned = load(clean)
     counts = json.loads((tmp_path / "clean_counts.json").read_text())
     assert counts["read"] == 40 and counts["kept"] == len(cleaned) >= 30
-    prepare("split", "--in", clean, "--out", out, "--tokenizer", "smollm2", "--max-length", 512, "--report", report)
+    prepare("split", "--data", clean, "--out", out, "--tokenizer", "smollm2", "--max-length", 512, "--report", report)
     segments, counts = load(out), json.loads(report.read_text())
     assert counts["conversations split"] > 0 and len(segments) == counts["segments written"] > len(cleaned)
     tpl = Template(smollm2_tokenizer)
     for seg in segments:
         assert token_count(smollm2_tokenizer, tpl, seg, HUMAN) <= 512 or seg.id in counts["over-long segments"]
-    stats = json.loads(prepare("stats", "--in", out, "--tokenizer", "smollm2", "--json").stdout)
+    stats = json.loads(prepare("stats", "--data", out, "--tokenizer", "smollm2", "--json").stdout)
     assert stats["sessions"] == len(segments)
     assert stats["utterances"] == sum(len(s.turns) for s in segments)
     assert stats["avg_rounds"] == round(sum(len(round_starts(s.turns)) for s in segments) / len(segments), 2)

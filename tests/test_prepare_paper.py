@@ -160,7 +160,7 @@ def test_seed_whose_first_round_exceeds_the_budget_is_skipped(tmp_path):
     src, out = tmp_path / "wizard.json", tmp_path / "seeds.json"
     src.write_text(json.dumps(records))
     proc = prepare("seeds", "--data", src, "--out", out, "--source", "wizardlm", "--tokenizer", "smollm2",
-                   "--max-length", 400)
+                   "--max-context", 400)
     long_id = records[3]["idx"]
     assert f"record {long_id!r}: first round exceeds the budget" in proc.stderr
     kept = [s.id for s in load(out)]

@@ -81,10 +81,10 @@ def train(role: str, model, out: Path, data: Path, *extra: str) -> Path:
     from model.train import main
 
     rc = main(role, SYSTEM_PROMPTS[role], [
-        "--model_name_or_path", str(model), "--data_path", str(data), "--output_dir", str(out),
-        "--model_max_length", "512", "--max_steps", "2", "--save_steps", "1", "--per_device_train_batch_size", "4",
-        "--eval_ratio", "0.2", "--use_cpu", "--report_to", "none", "--disable_tqdm", "true",
-        "--data_cache_dir", str(data.parent / "cache"), *extra])
+        "--model", str(model), "--data", str(data), "--out", str(out),
+        "--max-length", "512", "--max-steps", "2", "--save-steps", "1", "--per-device-train-batch-size", "4",
+        "--eval-ratio", "0.2", "--use-cpu", "--report-to", "none", "--disable-tqdm", "true",
+        "--data-cache-dir", str(data.parent / "cache"), *extra])
     assert rc == 0
     return out
 
@@ -195,9 +195,9 @@ def test_base_without_a_chat_template_is_refused_before_any_training_step(tiny_t
     tok = deepcopy(tiny_tokenizer)
     tok.chat_template = None
     tok.save_pretrained(tmp_path / "plain")
-    rc = main(HUMAN, SYSTEM_PROMPTS[HUMAN], ["--model_name_or_path", str(tmp_path / "plain"), "--data_path",
-                                             str(tmp_path / "none.json"), "--output_dir", str(tmp_path / "out"),
-                                             "--template", "chat", "--use_cpu", "--report_to", "none"])
+    rc = main(HUMAN, SYSTEM_PROMPTS[HUMAN], ["--model", str(tmp_path / "plain"), "--data",
+                                             str(tmp_path / "none.json"), "--out", str(tmp_path / "out"),
+                                             "--template", "chat", "--use-cpu", "--report-to", "none"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2
     assert err == [f"error: --template chat: {tmp_path / 'plain'} has no chat template; use --template dyadic"]
@@ -335,7 +335,7 @@ def test_the_trainer_continues_and_resumes_with_the_recorded_template(bases, tra
     resumed = tmp_path / "resumed"
     shutil.copytree(socratic, resumed)
     capsys.readouterr()
-    train(HUMAN, bases["llama3"], resumed, trained.data, "--max_steps", "4")
+    train(HUMAN, bases["llama3"], resumed, trained.data, "--max-steps", "4")
     assert f"resuming from {resumed / 'checkpoint-2'}" in capsys.readouterr().err
     record = json.loads((resumed / RUN_RECORD).read_text())
     assert record["template"] == "chat" and record["steps"] == 4

@@ -77,7 +77,7 @@ def gpt_server(tiny_dir, tmp_path_factory):
 def human_server(smollm2_dir, tmp_path_factory):
     """SmolLM2 as the user simulator (next human turn), no key."""
     log = tmp_path_factory.mktemp("serve-human") / "server.log"
-    proc, url = start_server(log, "--model-path", "smollm2", "--role", "human")
+    proc, url = start_server(log, "--model", "smollm2", "--role", "human")
     yield url
     stop_server(proc, log)
 

@@ -81,7 +81,7 @@ def free_port() -> int:
 
 def serve_simulator(tmp: Path, model_path, name: str) -> Server:
     port = free_port()
-    srv = Server([PYTHON, "-m", "model.serve", "--model-path", str(model_path), "--role", "human",
+    srv = Server([PYTHON, "-m", "model.serve", "--model", str(model_path), "--role", "human",
                   "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"], tmp / f"{name}.log")
     return srv.wait_ready(f"http://127.0.0.1:{port}/v1")
 

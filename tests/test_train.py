@@ -62,9 +62,9 @@ def run_cli(args: list[str], env: dict, timeout: int = 240) -> subprocess.Comple
 
 
 def contract_args(module: str, model, data, out) -> list[str]:
-    return ["-m", module, "--model_name_or_path", str(model), "--data_path", str(data), "--output_dir", str(out),
-            "--model_max_length", "256", "--max_steps", "20", "--per_device_train_batch_size", "2",
-            "--use_cpu", "--report_to", "none"]
+    return ["-m", module, "--model", str(model), "--data", str(data), "--out", str(out),
+            "--max-length", "256", "--max-steps", "20", "--per-device-train-batch-size", "2",
+            "--use-cpu", "--report-to", "none"]
 
 
 def mean_loss(model_dir, data: Path, train_role: str) -> float:
@@ -96,9 +96,9 @@ def run_7b_script(script: str, model, data, out, env: dict, *extra: str) -> subp
     """A 7B launch script (its recipe unchanged), shrunk by flags to a tiny model: 3 steps on 2 CPU processes."""
     script_env = dict(env, NPROC="2", MASTER_PORT=str(free_port()), PYTHON=PYTHON, MODEL=str(model),
                       DATA=str(data), OUT=str(out))
-    proc = subprocess.run(["bash", script, "--use_cpu", "--bf16", "false", "--tf32", "false", "--max_steps", "3",
-                           "--model_max_length", "256", "--per_device_train_batch_size", "2",
-                           "--gradient_accumulation_steps", "1", "--dataloader_num_workers", "0", *extra],
+    proc = subprocess.run(["bash", script, "--use-cpu", "--bf16", "false", "--tf32", "false", "--max-steps", "3",
+                           "--max-length", "256", "--per-device-train-batch-size", "2",
+                           "--gradient-accumulation-steps", "1", "--dataloader-num-workers", "0", *extra],
                           cwd=ROOT, env=script_env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-6000:]
     return proc
@@ -145,10 +145,10 @@ def first_step_loss(module_role: str, tiny_dir, data: Path, tmp_path: Path, cach
     out = tmp_path / f"out-{data.stem}"
     system = SOCRATIC_SYSTEM if module_role == "human" else PLATOLM_SYSTEM
     rc = main(module_role, system, [
-        "--model_name_or_path", str(tiny_dir), "--data_path", str(data), "--output_dir", str(out),
-        "--model_max_length", "256", "--max_steps", "1", "--per_device_train_batch_size", "16",
-        "--packing", "false", "--logging_steps", "1", "--save_strategy", "no", "--use_cpu",
-        "--report_to", "none", "--data_cache_dir", str(cache), "--disable_tqdm", "true"])
+        "--model", str(tiny_dir), "--data", str(data), "--out", str(out),
+        "--max-length", "256", "--max-steps", "1", "--per-device-train-batch-size", "16",
+        "--packing", "false", "--logging-steps", "1", "--save-strategy", "no", "--use-cpu",
+        "--report-to", "none", "--data-cache-dir", str(cache), "--disable-tqdm", "true"])
     assert rc == 0
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
     return next(h["loss"] for h in history if "loss" in h)
@@ -300,8 +300,8 @@ def test_pad_token_reuses_unk_then_eos_and_keeps_the_vocabulary(tiny_dir):
 def test_ctrl_c_saves_a_checkpoint_and_the_next_run_resumes_from_it(tiny_dir, convs, env, tmp_path):
     out = tmp_path / "out"
     args = contract_args(PLATOLM, tiny_dir, convs, out)
-    args[args.index("--max_steps") + 1] = "100000"
-    proc = subprocess.Popen([PYTHON, *args, "--logging_steps", "1"], cwd=ROOT, env=env,
+    args[args.index("--max-steps") + 1] = "100000"
+    proc = subprocess.Popen([PYTHON, *args, "--logging-steps", "1"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     seen = bytearray()
     reader = threading.Thread(target=lambda: [seen.extend(c) for c in iter(lambda: proc.stdout.read1(4096), b"")])
@@ -320,8 +320,8 @@ def test_ctrl_c_saves_a_checkpoint_and_the_next_run_resumes_from_it(tiny_dir, co
     step = int(ckpts[0].name.split("-")[1])
     assert step >= 3
 
-    args[args.index("--max_steps") + 1] = str(step + 2)
-    again = run_cli([*args, "--logging_steps", "1"], env)
+    args[args.index("--max-steps") + 1] = str(step + 2)
+    again = run_cli([*args, "--logging-steps", "1"], env)
     assert f"resuming from {ckpts[0]}" in again.stderr
     assert "loaded from the datasets cache" in again.stderr  # tokenised once, by the first run
     history = json.loads((out / "trainer_state.json").read_text())
@@ -359,10 +359,10 @@ def test_lora_on_smollm2_saves_a_merged_model(smollm2_dir, convs, env, tmp_path)
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "out"
-    run_cli(["-m", SOCRATIC, "--config", "recipes/tiny_cpu.yaml", "--model_name_or_path", "smollm2",
-             "--data_path", str(convs), "--output_dir", str(out), "--lora", "--lora_r", "4",
-             "--lora_target_modules", "q_proj,v_proj", "--max_steps", "3", "--model_max_length", "128",
-             "--learning_rate", "1e-2"], env, timeout=400)
+    run_cli(["-m", SOCRATIC, "--config", "recipes/tiny_cpu.yaml", "--model", "smollm2",
+             "--data", str(convs), "--out", str(out), "--lora", "--lora-r", "4",
+             "--lora-target-modules", "q_proj,v_proj", "--max-steps", "3", "--max-length", "128",
+             "--learning-rate", "1e-2"], env, timeout=400)
     assert not (out / "adapter_config.json").exists()
     merged = load_file(out / "model.safetensors")
     base = load_file(Path(smollm2_dir) / "model.safetensors")
@@ -380,8 +380,8 @@ def test_lora_adapter_save_loads_through_peft(tiny_dir, convs, env, tmp_path):
 
     out = tmp_path / "out"
     args = contract_args(SOCRATIC, tiny_dir, convs, out)
-    args[args.index("--max_steps") + 1] = "2"
-    run_cli([*args, "--lora", "--lora_save", "adapter"], env)
+    args[args.index("--max-steps") + 1] = "2"
+    run_cli([*args, "--lora", "--lora-save", "adapter"], env)
     assert (out / "adapter_config.json").exists() and (out / "tokenizer.json").exists()
     model = AutoModelForCausalLM.from_pretrained(out)  # base from adapter_config + the adapter
     assert any("lora_A" in n for n, _ in model.named_parameters())
@@ -390,12 +390,12 @@ def test_lora_adapter_save_loads_through_peft(tiny_dir, convs, env, tmp_path):
 def test_qlora_asks_for_what_it_needs(tiny_dir, convs, tmp_path, capsys):
     from model.train import main
 
-    base = ["--model_name_or_path", str(tiny_dir), "--data_path", str(convs), "--output_dir", str(tmp_path)]
+    base = ["--model", str(tiny_dir), "--data", str(convs), "--out", str(tmp_path)]
     with pytest.raises(SystemExit) as err:
-        main("gpt", "", [*base, "--load_in_4bit"])
-    assert err.value.code == 2 and "--lora_save adapter" in capsys.readouterr().err
+        main("gpt", "", [*base, "--load-in-4bit"])
+    assert err.value.code == 2 and "--lora-save adapter" in capsys.readouterr().err
     if not torch.cuda.is_available():
-        assert main("gpt", "", [*base, "--load_in_4bit", "--lora_save", "adapter"]) == 2
+        assert main("gpt", "", [*base, "--load-in-4bit", "--lora-save", "adapter"]) == 2
         assert "CUDA GPU" in capsys.readouterr().err
 
 
@@ -408,12 +408,12 @@ def test_recipe_sets_defaults_and_the_command_line_wins(tiny_dir, convs, tmp_pat
     from model.train import parse_args
 
     recipe = ROOT / "recipes" / "tiny_cpu.yaml"
-    base = ["--config", str(recipe), "--model_name_or_path", str(tiny_dir), "--data_path", str(convs),
-            "--output_dir", str(tmp_path)]
+    base = ["--config", str(recipe), "--model", str(tiny_dir), "--data", str(convs),
+            "--out", str(tmp_path)]
     model_args, lora_args, data_args, train_args, rec = parse_args(base)
     options = rec["options"]
     assert train_args.max_steps == options["max_steps"] and data_args.model_max_length == options["model_max_length"]
-    _, _, data_args, train_args, _ = parse_args([*base, "--max_steps", "3", "--model_max_length", "64"])
+    _, _, data_args, train_args, _ = parse_args([*base, "--max-steps", "3", "--max-length", "64"])
     assert train_args.max_steps == 3 and data_args.model_max_length == 64
     bad = tmp_path / "bad.yaml"
     bad.write_text("learning_rat: 1e-5\n")
@@ -455,7 +455,7 @@ def test_a_datasets_directory_is_read_with_bad_records_counted(tiny_tokenizer, t
     assert encode_records(records, data_hash, tiny_tokenizer, "gpt", "SYS ", args)[1] is True
 
 
-# -- learned end of conversation (--end_token) --------------------------------------------------
+# -- learned end of conversation (--end-token) --------------------------------------------------
 
 ENDING_RECORDS = [  # (record, does it really end?)
     ({"id": "whole", "conversations": [{"from": "human", "value": "What is 2+2?"}, {"from": "gpt", "value": "4."}]}, True),
@@ -506,7 +506,7 @@ def trained_runs(ids: list[int], labels: list[int], tokenizer) -> list[str]:
 
 
 def train_to_end(tiny_dir, tmp_path):
-    """The tiny model trained with --end_token on eight one-round conversations that all ended; each answer is
+    """The tiny model trained with --end-token on eight one-round conversations that all ended; each answer is
     the one tests/fault_teacher.py gives to that question, so a simulation against it stays in distribution."""
     from core.conversation import HUMAN
     from model.dyadic import END_OF_CONVERSATION, SOCRATIC_SYSTEM
@@ -520,10 +520,10 @@ def train_to_end(tiny_dir, tmp_path):
     data, out = tmp_path / "ends.json", tmp_path / "out"
     data.write_text(json.dumps(records))
     assert main(HUMAN, SOCRATIC_SYSTEM, [
-        "--model_name_or_path", str(tiny_dir), "--data_path", str(data), "--output_dir", str(out), "--end_token",
-        "--max_steps", "60", "--learning_rate", "1e-2", "--lr_scheduler_type", "constant",
-        "--per_device_train_batch_size", "8", "--packing", "false", "--save_strategy", "no", "--use_cpu",
-        "--report_to", "none", "--disable_tqdm", "true", "--data_cache_dir", str(tmp_path / "cache")]) == 0
+        "--model", str(tiny_dir), "--data", str(data), "--out", str(out), "--end-token",
+        "--max-steps", "60", "--learning-rate", "1e-2", "--lr-scheduler-type", "constant",
+        "--per-device-train-batch-size", "8", "--packing", "false", "--save-strategy", "no", "--use-cpu",
+        "--report-to", "none", "--disable-tqdm", "true", "--data-cache-dir", str(tmp_path / "cache")]) == 0
     record = json.loads((out / "platolm_run.json").read_text())
     assert record["end_of_conversation"] == END_OF_CONVERSATION and record["ended_conversations"] == 8
     return out, data
@@ -553,7 +553,7 @@ def test_socratic_learns_to_end_conversations(tiny_dir, tmp_path):
 
 @pytest.mark.slow
 def test_a_trained_end_marker_ends_simulated_sessions(tiny_dir, tmp_path, servers):  # noqa: F811
-    """The round trip: trainer --end_token -> (served or loaded) simulator -> data.simulate --end-rule learned."""
+    """The round trip: trainer --end-token -> (served or loaded) simulator -> data.simulate --end-rule learned."""
     from model.dyadic import END_OF_CONVERSATION
     from tests.test_simulate import fault_server, read, serve_simulator, simulate
 
@@ -581,8 +581,8 @@ def test_a_trained_end_marker_ends_simulated_sessions(tiny_dir, tmp_path, server
 def test_end_token_is_socratics_only(tiny_dir, convs, tmp_path, capsys):
     from model.train import main
 
-    assert main("gpt", "", ["--model_name_or_path", str(tiny_dir), "--data_path", str(convs),
-                            "--output_dir", str(tmp_path), "--end_token"]) == 2
+    assert main("gpt", "", ["--model", str(tiny_dir), "--data", str(convs),
+                            "--out", str(tmp_path), "--end-token"]) == 2
     assert "only Socratic" in capsys.readouterr().err
 
 
@@ -592,12 +592,12 @@ def test_eval_every_n_steps_and_the_plot_shows_both_curves(tiny_dir, convs, tmp_
     from model.train import main, plot_losses
 
     out = tmp_path / "out"
-    assert main("human", "S ", ["--model_name_or_path", str(tiny_dir), "--data_path", str(convs),
-                                "--output_dir", str(out), "--eval_ratio", "0.2", "--eval_strategy", "steps",
-                                "--eval_steps", "2", "--max_steps", "6", "--logging_steps", "1",
-                                "--per_device_train_batch_size", "2", "--model_max_length", "256",
-                                "--save_strategy", "no", "--use_cpu", "--report_to", "none", "--disable_tqdm", "true",
-                                "--data_cache_dir", str(tmp_path / "cache")]) == 0
+    assert main("human", "S ", ["--model", str(tiny_dir), "--data", str(convs),
+                                "--out", str(out), "--eval-ratio", "0.2", "--eval-strategy", "steps",
+                                "--eval-steps", "2", "--max-steps", "6", "--logging-steps", "1",
+                                "--per-device-train-batch-size", "2", "--max-length", "256",
+                                "--save-strategy", "no", "--use-cpu", "--report-to", "none", "--disable-tqdm", "true",
+                                "--data-cache-dir", str(tmp_path / "cache")]) == 0
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
     assert [h["step"] for h in history if "eval_loss" in h] == [2, 4, 6]
     held = [json.loads(line)["id"] for line in (out / "eval_split.jsonl").read_text().splitlines()]
@@ -612,9 +612,9 @@ def test_eval_every_n_steps_and_the_plot_shows_both_curves(tiny_dir, convs, tmp_
 def test_eval_strategy_needs_a_held_out_split(tiny_dir, convs, tmp_path, capsys):
     from model.train import main
 
-    assert main("human", "", ["--model_name_or_path", str(tiny_dir), "--data_path", str(convs),
-                              "--output_dir", str(tmp_path), "--eval_strategy", "steps"]) == 2
-    assert "--eval_ratio" in capsys.readouterr().err
+    assert main("human", "", ["--model", str(tiny_dir), "--data", str(convs),
+                              "--out", str(tmp_path), "--eval-strategy", "steps"]) == 2
+    assert "--eval-ratio" in capsys.readouterr().err
 
 
 # -- backbones: FSDP wraps each one's own decoder layer ------------------------------------------

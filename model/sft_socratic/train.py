@@ -3,8 +3,8 @@
 Usage (from the repo root; see model/train.py and recipes/ for every option)::
 
     python -m model.sft_socratic.train --config recipes/tiny_cpu.yaml \\
-        --model_name_or_path smollm2 --data_path convs.json --output_dir runs/socratic-tiny
-    torchrun --nproc_per_node 4 -m model.sft_socratic.train --config recipes/socratic_7b_fsdp.yaml
+        --model smollm2 --data convs.json --out runs/socratic-tiny
+    torchrun --nproc-per-node 4 -m model.sft_socratic.train --config recipes/socratic_7b_fsdp.yaml
 """
 import sys
 
