@@ -110,6 +110,13 @@ def test_every_assistant_meets_the_same_users(paired):
     assert manifest["assistants"]["twin"]["model"] == "twin-model" and manifest["users"]["mode"] == "free"
 
 
+def test_a_later_run_into_the_folder_must_meet_the_same_users(paired, srv, capsys):
+    capsys.readouterr()
+    assert main([*run_args(srv, paired, f"good={srv['good'].url}"), "--seed", "1", "--detector", "none"]) == 2
+    assert "seed: 0 then, 1 now" in capsys.readouterr().err
+    assert sorted(conversations(paired, "good")) == [f"free-{i:06d}" for i in range(N)]
+
+
 def test_judge_and_show_rank_the_preferred_assistant_first(paired, srv, capsys, tmp_path):
     judge = ["judge", "--run", str(paired), "--judge-model", "j", "--judge-base-url", srv["judge"].url,
              "--no-progress"]
@@ -224,6 +231,7 @@ def kill_then_restart(tmp: Path, argv: list[str], watched: Path, lines: int, stu
     return ready(start(tmp, f"{name}-healthy", *server_args, port=int(port)))
 
 
+@pytest.mark.slow
 def test_sigkill_during_run_and_judge_then_the_same_command_leaves_each_item_once(srv, tmp_path):
     hang = ("--fault-every", "4", "--faults", "hang", "--hang", "600")
     stuck = ready(start(tmp_path, "stuck", "--prefix", BAD, *hang))
