@@ -62,6 +62,12 @@ class Answer:
     truncated: bool = False  # cut at the teacher's max_tokens and kept (--keep-truncated-answers)
 
 
+def transcript(turns: Sequence[Turn]) -> str:
+    """The conversation as plain text, ``User: ...`` / ``Assistant: ...`` paragraphs (role-play prompts, judges)."""
+    names = {HUMAN: "User", GPT: "Assistant"}
+    return "\n\n".join(f"{names[t.role]}: {t.text}" for t in turns)
+
+
 def to_messages(turns: Sequence[Turn], system: str | None) -> list[dict]:
     return Conversation("", list(turns), system).to_messages()["messages"]
 
@@ -129,13 +135,11 @@ class RoleplaySimulator:
         return cls(endpoint, sampling, path.read_text(encoding="utf-8"), counter, str(path), conditioned)
 
     def render(self, turns: Sequence[Turn], intent: str | None = None, persona: str | None = None) -> str:
-        names = {HUMAN: "User", GPT: "Assistant"}
-        transcript = "\n\n".join(f"{names[t.role]}: {t.text}" for t in turns)
         if intent is None:  # the line that states the intent goes with it
             prompt = "".join(line for line in self.prompt.splitlines(keepends=True) if INTENT not in line)
         else:
             prompt = self.prompt.replace(INTENT, " ".join(x.strip() for x in (intent, persona) if x))
-        return prompt.replace(CONVERSATION, transcript or "(The conversation has not started yet.)")
+        return prompt.replace(CONVERSATION, transcript(turns) or "(The conversation has not started yet.)")
 
     async def ask(self, turns: Sequence[Turn], seed: int, intent: str | None = None,
                   persona: str | None = None) -> Question:

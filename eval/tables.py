@@ -26,6 +26,7 @@ The groups, one per table of the paper (model ids name the rows: name them after
 and, besides the groups::
 
     DIR/simulator/*.json          `python -m eval.simulator ... --out FILE`: one metric of one simulator per file
+    DIR/converse/                 a run folder of `python -m eval.converse` (or one folder per run): its `show` table
     DIR/figures/<group>/*.png     any other plots (loss curves, length histograms), shown by group
 
 Published numbers live in ``eval/paper_numbers.yaml`` with their sources; a result file whose model id is
@@ -49,6 +50,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from eval.converse_report import tables_section as converse_section
 from eval.mt_bench import BENCH_TITLES, CATEGORIES, plot_scores, scores_from_file
 from eval.question_quality import CRITERIA
 from core.conversation import atomic_write
@@ -289,6 +291,7 @@ def build_report(results: Path, out: Path, paper: bool = False) -> str:
     numbers = load_paper_numbers() if paper else None
     body = [line for sub, key, heading in GROUPS for line in group_section(results, sub, key, heading, numbers, out)]
     body += simulator_section(results / "simulator")
+    body += converse_section(results, out.parent)
     figures = figures_section(results / "figures", out.parent)
     body += ["## Figures", "", *figures] if figures else []
     if not body:

@@ -34,6 +34,7 @@ COMMANDS = {
     "eval.alpaca_eval": ["generate", "judge"], "eval.question_quality": [],
     "eval.simulator": ["perplexity", "diversity", "human-likeness", "role-adherence", "termination"],
     "eval.detector": ["train", "score"], "eval.tables": [],
+    "eval.converse": ["run", "judge", "show", "agreement"],
     "scripts.demo": [], "scripts.take_sharegpt": [], "scripts.gpu_check": [], "scripts.docs": [],
 }
 TRAINERS = ("model.sft_socratic.train", "model.sft_platolm.train")

@@ -12,8 +12,8 @@ As ``--role human`` with ``--end-after K`` it writes the end-of-conversation mar
 ``--log-requests FILE`` appends every request body to FILE (JSONL), for tests of what a caller sends.
 ``--prefix TEXT`` starts every reply with TEXT (two assistants that differ in a known way); as ``--role human``,
 ``--use-seed`` makes the question depend on the request's ``seed`` too (a sampling simulator), and
-``--misbehave empty|assistant|repeat`` makes it fail as a simulator can: empty turns, turns written as an
-assistant would, or the previous human turn again. ``--role judge`` rates what it is sent: asked for a verdict
+``--misbehave empty|assistant|repeat`` makes it fail as a simulator can (after ``--misbehave-after`` good
+questions): empty turns, turns written as an assistant would, or the previous human turn again. ``--role judge`` rates what it is sent: asked for a verdict
 between A and B (the request mentions ``[[A]]``), ``[[A]]`` when ``--prefer`` occurs before ``--avoid`` (or
 neither occurs: a judge with a position bias), else ``[[B]]``; asked for a rating, ``Rating: [[9]]`` when the
 request holds ``--prefer``, ``[[2]]`` when it holds ``--avoid``, else a rating from 1 to 10 drawn from a hash of
@@ -105,11 +105,12 @@ def human_words(args, turns: list[dict], body: dict, last: str) -> list[str]:
     """``--role human``: the next question (or the failure ``--misbehave`` names)."""
     n = sum(m["role"] == "assistant" for m in turns) + 1
     asked = [str(m.get("content", "")) for m in turns if m["role"] == "user"]
-    if args.misbehave == "empty":
+    misbehaving = n > args.misbehave_after
+    if misbehaving and args.misbehave == "empty":
         return []
-    if args.misbehave == "assistant":
+    if misbehaving and args.misbehave == "assistant":
         return ASSISTANT_LIKE.split() + [f"({n})"]
-    if args.misbehave == "repeat" and asked:
+    if misbehaving and args.misbehave == "repeat" and asked:
         return asked[-1].split()
     seed = f"|{body.get('seed')}" if args.use_seed else ""
     return ["Question", f"{n}:"] + _words(args.answer_words, f"q{n}|{last}{seed}") + ["?"]
@@ -251,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--use-seed", action="store_true", help="--role human: the question depends on the seed too")
     p.add_argument("--misbehave", choices=["empty", "assistant", "repeat"],
                    help="--role human: empty turns, assistant-like turns, or the previous human turn again")
+    p.add_argument("--misbehave-after", type=int, default=0, help="--misbehave: after this many good questions")
     p.add_argument("--prefer", default="", help="--role judge: the text it prefers")
     p.add_argument("--avoid", default="", help="--role judge: the text it dislikes")
     p.add_argument("--unsure-every", type=int, default=0, help="--role judge: every K-th reply has no verdict")
