@@ -334,8 +334,9 @@ def add_run_parser(sub) -> None:
                        description="Hold conversations between the simulator and every assistant (resumable).")
     add_simulator_args(r.add_argument_group("simulator (the user)"))
     a = r.add_argument_group("assistants (answer)")
-    a.add_argument("--assistant", action="append", required=True, metavar="NAME=URL[#MODEL]",
-                   help="an OpenAI-compatible assistant to evaluate (repeat; MODEL default: the first it lists)")
+    a.add_argument("--assistant", action="extend", nargs="+", required=True, metavar="NAME=URL[#MODEL]",
+                   help="OpenAI-compatible assistants to evaluate (several after one flag, or the flag repeated; "
+                        "MODEL default: the first it lists)")
     a.add_argument("--assistant-system", help="system prompt sent to every assistant (default: none)")
     a.add_argument("--assistant-temperature", type=float, help="sampling temperature (default: none sent)")
     a.add_argument("--assistant-max-tokens", type=int, default=1024,

@@ -60,6 +60,7 @@ class Scale:
     answer_tokens: int | None      # longest teacher answer, kept when cut there (None: the teacher's own limit)
     mt_bench_questions: int
     heldout: int = 0               # ShareGPT conversations after the training ones: the simulator rows (0: none)
+    conversations_per_assistant: int = 0  # Socratic talks to the untrained base and to PlatoLM (0: not at all)
     openings: int = 0              # openings each simulator writes: diversity (and human-likeness)
     human_likeness: bool = False
     modes: tuple = ("free", "seeded")  # the SocraticChat PlatoLM learns from (the paper's corpus: free only)
@@ -76,10 +77,11 @@ SCALES = {
                  socratic=Training(40, "1e-4", warmup_steps=0.1, eval_steps=20, save_steps=20),
                  platolm=Training(10, "2e-4", lora=True), conversations=300, max_chars=4000, max_length=384,
                  sessions=6, max_turns=3, max_new_tokens=64, answer_tokens=128, mt_bench_questions=3,
-                 heldout=48, openings=32, human_likeness=True),
+                 heldout=48, openings=32, human_likeness=True, conversations_per_assistant=3),
     "tiny": Scale("", "dyadic", "", "dyadic", socratic=Training(4, "1e-3", eval_steps=2),
                   platolm=Training(4, "1e-3"), conversations=24, max_chars=1000, max_length=1024, sessions=2,
-                  max_turns=2, max_new_tokens=12, answer_tokens=24, mt_bench_questions=2, heldout=4, openings=4),
+                  max_turns=2, max_new_tokens=12, answer_tokens=24, mt_bench_questions=2, heldout=4, openings=4,
+                  conversations_per_assistant=2),
     # SocraticChat as released (sd_50728.json): 50,728 free sessions; the seeded corpora are ablations
     "paper": Scale("huggyllama/llama-7b", "dyadic", "gpt-3.5-turbo", "chat", socratic=None, platolm=None,
                    conversations=None, max_chars=None, max_length=2048, sessions=50_728, max_turns=None,
@@ -123,6 +125,7 @@ def pipeline(s: Scale, name: str, out: Path, sharegpt: Path | None) -> list[Stag
               py("data.prepare stats", data=list(corpora.values()), name=list(corpora), tokenizer=s.base_model,
                  plots=figures / "lengths")),
         Stage("evaluate-platolm", *mt_bench(s, platolm, f"platolm-{name}", res / "mt_bench")),
+        Stage("converse", *converse(s, socratic, platolm, res / "converse")) if s.conversations_per_assistant else None,
         Stage("report",
               sh("mkdir", "-p", figures / "training"),
               sh("cp", socratic / "loss.png", figures / "training" / "Socratic_loss.png"),
@@ -213,6 +216,24 @@ def mt_bench(s: Scale, platolm: Path, model_id: str, bench: Path) -> list[Cmd | 
                judge_base_url=os.environ.get("JUDGE_BASE_URL"), model_list=model_id,
                out=bench / f"{judge.replace('/', '_')}_single.jsonl") if judge else
             Call("MT-Bench judging skipped: set JUDGE_MODEL (and JUDGE_BASE_URL / OPENAI_API_KEY) to judge")]
+
+
+def converse(s: Scale, socratic: Path, platolm: Path, run: Path) -> list[Cmd]:
+    """Socratic as the user of two assistants, the untrained base and PlatoLM (each served here), then judged
+    by JUDGE_MODEL (at JUDGE_BASE_URL) or, offline, by the detector stand-in (not a real judge: it says so)."""
+    ports = {"base": free_port(), "platolm": free_port()}
+    served = {"base": (s.base_model, s.teacher_template), "platolm": (platolm, s.template)}
+    judge = dict(run=run, judge_model=os.environ.get("JUDGE_MODEL") or "stand-in:detector",
+                 judge_base_url=os.environ.get("JUDGE_BASE_URL"))
+    return [*(server(py("model.serve", model=model, role="gpt", template=template, port=ports[name]))
+              for name, (model, template) in served.items()),
+            py("eval.converse run", simulator=socratic, template=s.template,
+               assistant=[f"{name}=http://127.0.0.1:{port}/v1" for name, port in ports.items()],
+               num_conversations=s.conversations_per_assistant, max_turns=2, max_new_tokens=s.max_new_tokens,
+               max_context=s.max_length, assistant_max_tokens=s.answer_tokens, out=run),
+            py("eval.converse judge", **judge, mode="conversation"),
+            py("eval.converse judge", **judge, mode="pairwise", baseline="base"),
+            py("eval.converse show", run=run)]
 
 
 def stage_env() -> dict:

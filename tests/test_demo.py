@@ -16,7 +16,7 @@ import pytest
 from tests.conftest import PYTHON, ROOT, env_offline
 
 STAGES = ["prepare", "train-socratic", "simulate", "train-platolm", "evaluate-socratic", "evaluate-corpora",
-          "evaluate-platolm", "report"]
+          "evaluate-platolm", "converse", "report"]
 LEAKY = ("TEACHER", "TEACHER_BASE_URL", "JUDGE_MODEL", "JUDGE_BASE_URL", "OPENAI_API_KEY", "DEMO_ARGS")
 pytestmark = pytest.mark.xdist_group("demo")  # one worker runs the shared pipeline once
 
@@ -50,11 +50,21 @@ def remote(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, tiny_dir, remote):
-    """The tiny pipeline, run once: local teacher (model.serve), MT-Bench judged by ``remote``."""
+def judge(tmp_path_factory):
+    """A local OpenAI-compatible judge that rates every answer and prefers no assistant (tests/fault_teacher.py)."""
+    from tests.test_simulate import fault_server
+
+    server = fault_server(tmp_path_factory.mktemp("judge"), "judge", "--role", "judge")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tiny_dir, judge):
+    """The tiny pipeline, run once: local teacher (model.serve), MT-Bench and the conversations judged by ``judge``."""
     out = tmp_path_factory.mktemp("demo") / "run"
     p = run_demo("--scale", "tiny", "--model", tiny_dir, "--out", out,
-                 env=demo_env(JUDGE_MODEL="remote-judge", JUDGE_BASE_URL=remote.url))
+                 env=demo_env(JUDGE_MODEL="remote-judge", JUDGE_BASE_URL=judge.url))
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     return out, p.stdout
 
@@ -114,6 +124,10 @@ def test_tiny_demo_evaluates_and_reports(tiny_run):
     assert "### Question quality" in report and "### Corpus statistics" in report
     assert "## Simulator quality" in report and "| ShareGPT humans |" in report and "| Socratic |" in report
     assert "Held-out human turns" in report
+    conversations = {name: jsonl(results / "converse" / "conversations" / f"{name}.jsonl") for name in ("base", "platolm")}
+    assert all(len(c) == 2 for c in conversations.values())  # --num-conversations 2 with each assistant
+    assert [c["id"] for c in conversations["base"]] == [c["id"] for c in conversations["platolm"]]  # the same users
+    assert "## Evaluation by conversation" in report and "| platolm |" in report
     assert "Socratic_loss.png" in report and (results / "figures" / "training" / "Socratic_loss.png").exists()
     for stage in STAGES[:-1]:  # where the time goes: every stage that ran before the report, and its commands
         assert f"| {stage} | " in report
@@ -197,7 +211,7 @@ def test_teacher_and_judge_variables_switch_the_printed_commands(tmp_path, capsy
     no_services.setenv("TEACHER_BASE_URL", "http://127.0.0.1:9/v1")
     no_services.setenv("JUDGE_MODEL", "org/judge")
     text = "\n".join(dry_run(capsys, "--out", tmp_path / "demo"))
-    assert "model.serve" not in text
+    assert "model.serve" not in text.split("python -m data.simulate")[0]  # no local teacher to start
     assert text.count("--teacher-base-url http://127.0.0.1:9/v1 --teacher-model remote-teacher") == 2
     assert "python -m eval.mt_bench judge" in text and "--judge-model org/judge" in text
     assert "org_judge_single.jsonl" in text and "--judge-base-url" not in text  # OpenAI's unless JUDGE_BASE_URL
