@@ -71,6 +71,11 @@ def _words(n: int, key: str) -> list[str]:
     return [WORDS[digest[i % len(digest)] % len(WORDS)] for i in range(n)]
 
 
+def teacher_answer(round_no: int, question: str, answer_words: int = 12) -> str:
+    """What this server answers (``--role gpt``) to ``question`` asked as the conversation's ``round_no``-th."""
+    return " ".join(["Answer", f"{round_no}:", *_words(answer_words, f"a{round_no}|{question}"), "."])
+
+
 def _error(status: int, message: str, code: str | None = None, etype: str = "invalid_request_error"):
     return JSONResponse({"error": {"message": message, "type": etype, "param": None, "code": code}},
                         status_code=status)
@@ -144,7 +149,7 @@ def make_app(args) -> FastAPI:
             n = sum(m["role"] == "assistant" for m in turns) + 1
             words = ["Question", f"{n}:"] + _words(args.answer_words, f"q{n}|{last}") + ["?"]
         else:
-            words = ["Answer", f"{n_user}:"] + _words(args.answer_words, f"a{n_user}|{last}") + ["."]
+            words = teacher_answer(n_user, last, args.answer_words).split()
         finish = "stop"
         limit = body.get("max_tokens") or body.get("max_completion_tokens")
         if limit and len(words) > limit:

@@ -347,40 +347,39 @@ def conversations_that_end(repeat: int = 1) -> list[Conversation]:
     return convs
 
 
-@pytest.fixture(scope="module")
-def tiny_that_ends(tmp_path_factory, tiny_dir) -> Path:
-    """The tiny model, trained a few hundred steps in-process to write END_OF_CONVERSATION after the last answer."""
+def marker_turn_probability(model, tokenizer, history: list[Turn]) -> float:
+    """The independent computation: the history and the marker as the next human turn, encoded as the trainer
+    encodes it; p(every token of that last turn) from one forward pass."""
     import torch
+
+    row = Encoder(tokenizer, HUMAN, "dyadic").encode(Conversation("p", [*history, Turn(HUMAN, END_OF_CONVERSATION)]))
+    ids, labels = row["input_ids"], row["labels"]
+    start = max(i for i, lab in enumerate(labels) if lab == IGNORE_INDEX) + 1
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0, start - 1:-1].double()
+    return torch.log_softmax(logits, -1).gather(1, torch.tensor(ids[start:])[:, None]).sum().exp().item()
+
+
+def test_termination_of_a_model_that_learned_the_end_marker(socratic_that_ends, tiny_dir, tmp_path):
+    """Two decision points per conversation (after each answer), the marker's probability at each well clear of the
+    0.5 threshold (checked here, independently): every last answer is an end, no first answer is."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(tiny_dir)
-    model = AutoModelForCausalLM.from_pretrained(tiny_dir)
-    encoder = Encoder(tok, HUMAN, "dyadic")
-    rows = [encoder.encode(Conversation(c.id, [*c.turns, Turn(HUMAN, END_OF_CONVERSATION)]))
-            for c in conversations_that_end()]
-    torch.manual_seed(0)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    model.train()
-    for step in range(300):
-        row = rows[step % len(rows)]
-        loss = model(input_ids=torch.tensor([row["input_ids"]]), labels=torch.tensor([row["labels"]])).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-    out = tmp_path_factory.mktemp("tiny-ends")
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    from tests.tiny import MARGIN
 
-
-def test_termination_of_a_model_that_learned_the_end_marker(tiny_that_ends, tiny_dir, tmp_path):
-    data = tmp_path / "heldout.jsonl"
-    write_jsonl(data, (c.to_sharegpt() for c in conversations_that_end()))
-    trained = result(tmp_path, "termination", "--model", str(tiny_that_ends), "--data", str(data))
-    assert trained["n"] == 4 and trained["positives"] == 2 and trained["conversations"] == 2
-    assert trained["f1"] >= 0.8 and trained["recall"] == 1.0
+    model_dir, data = socratic_that_ends.path, socratic_that_ends.data
+    tok, model = AutoTokenizer.from_pretrained(model_dir), AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    convs = list(iter_conversations(data))
+    p = {(c.id, k): marker_turn_probability(model, tok, c.turns[:k]) for c in convs for k in (2, 4)}
+    assert all(v >= MARGIN if k == 4 else v <= 1 - MARGIN for (_, k), v in p.items()), p
+    trained = result(tmp_path, "termination", "--model", str(model_dir), "--data", str(data))
+    assert (trained["n"], trained["positives"], trained["conversations"]) == (8, 4, 4)
+    assert (trained["predicted"], trained["true_positives"]) == (4, 4)
+    assert trained["precision"] == trained["recall"] == trained["f1"] == 1.0
     untrained = result(tmp_path, "termination", "--model", str(tiny_dir), "--data", str(data))
     assert untrained["predicted"] == 0 and untrained["f1"] == 0.0
+    assert max(marker_turn_probability(AutoModelForCausalLM.from_pretrained(tiny_dir), tok, c.turns)
+               for c in convs) < 1e-6  # the untrained model's margin
 
 
 def test_termination_gold_follows_the_segments_that_really_ended(tmp_path):

@@ -505,59 +505,40 @@ def trained_runs(ids: list[int], labels: list[int], tokenizer) -> list[str]:
     return runs + ([tokenizer.decode(cur)] if cur else [])
 
 
-def train_to_end(tiny_dir, tmp_path):
-    """The tiny model trained with --end_token on eight one-round conversations that all ended; each answer is
-    the one tests/fault_teacher.py gives to that question, so a simulation against it stays in distribution."""
-    from core.conversation import HUMAN
-    from model.dyadic import END_OF_CONVERSATION, SOCRATIC_SYSTEM
-    from model.train import main
-    from tests.fault_teacher import _words
+def test_socratic_learns_to_end_conversations(socratic_that_ends, tiny_dir):
+    """The trainer with --end_token on two-round conversations that all ended: the marker becomes all but certain
+    after the last answer, and stays out of reach after the first answer and before the opening question (the
+    fixture checks the margin); greedy decoding then writes it, and the untrained model never would."""
+    from core.conversation import HUMAN, Turn
+    from model.dyadic import END_OF_CONVERSATION
+    from model.generate import Generator
+    from tests.tiny import FOLLOW_UP, MARGIN, end_probabilities
 
-    questions = [CORPUS[i % 6][:30 + i] for i in range(8)]
-    records = [{"id": f"e{i}", "conversations": [
-        {"from": "human", "value": q}, {"from": "gpt", "value": " ".join(["Answer", "1:", *_words(12, f"a1|{q}"), "."])}]}
-        for i, q in enumerate(questions)]
-    data, out = tmp_path / "ends.json", tmp_path / "out"
-    data.write_text(json.dumps(records))
-    assert main(HUMAN, SOCRATIC_SYSTEM, [
-        "--model_name_or_path", str(tiny_dir), "--data_path", str(data), "--output_dir", str(out), "--end_token",
-        "--max_steps", "60", "--learning_rate", "1e-2", "--lr_scheduler_type", "constant",
-        "--per_device_train_batch_size", "8", "--packing", "false", "--save_strategy", "no", "--use_cpu",
-        "--report_to", "none", "--disable_tqdm", "true", "--data_cache_dir", str(tmp_path / "cache")]) == 0
-    record = json.loads((out / "platolm_run.json").read_text())
-    assert record["end_of_conversation"] == END_OF_CONVERSATION and record["ended_conversations"] == 8
-    return out, data
+    record = json.loads((socratic_that_ends.path / "platolm_run.json").read_text())
+    assert record["end_of_conversation"] == END_OF_CONVERSATION
+    assert record["ended_conversations"] == len(socratic_that_ends.records) == 4
+    p = socratic_that_ends.p
+    assert len(p["end"]) == len(p["go_on"]) == 4 and min(p["end"]) >= MARGIN and max(p["go_on"]) <= 1 - MARGIN
+    assert max(end_probabilities(tiny_dir, socratic_that_ends.records)["end"]) < 1e-6  # before training
 
-
-def test_socratic_learns_to_end_conversations(tiny_dir, tmp_path):
-    """A few dozen steps on conversations that all end: greedy generation after the last answer is the marker."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from core.conversation import HUMAN, iter_conversations
-    from model.dyadic import END_OF_CONVERSATION, SOCRATIC_SYSTEM, Template
-
-    out, data = train_to_end(tiny_dir, tmp_path)
-
-    def next_human_turn(model_dir, turns) -> str:
-        tok, model = AutoTokenizer.from_pretrained(model_dir), AutoModelForCausalLM.from_pretrained(model_dir)
-        ids = tok(Template(tok).prompt_for(turns, HUMAN, SOCRATIC_SYSTEM), return_tensors="pt").input_ids
-        gen = model.generate(ids, max_new_tokens=24, do_sample=False, eos_token_id=tok.eos_token_id,
-                             pad_token_id=tok.pad_token_id)
-        return tok.decode(gen[0, ids.shape[1]:], skip_special_tokens=True)
-
-    convs = list(iter_conversations(data))
-    assert all(next_human_turn(out, c.turns) == END_OF_CONVERSATION for c in convs)
-    assert next_human_turn(out, []) != END_OF_CONVERSATION  # the opening question is a question
-    assert next_human_turn(tiny_dir, convs[0].turns) != END_OF_CONVERSATION
+    gen = Generator(str(socratic_that_ends.path), device="cpu")
+    convs = [[Turn(t["from"], t["value"]) for t in r["conversations"]] for r in socratic_that_ends.records]
+    greedy = gen.generate([*convs, *(c[:2] for c in convs)], HUMAN, temperature=0, max_new_tokens=24)
+    assert [c.text for c in greedy] == [END_OF_CONVERSATION] * 4 + [FOLLOW_UP] * 4
 
 
 @pytest.mark.slow
-def test_a_trained_end_marker_ends_simulated_sessions(tiny_dir, tmp_path, servers):  # noqa: F811
-    """The round trip: trainer --end_token -> (served or loaded) simulator -> data.simulate --end-rule learned."""
+def test_a_trained_end_marker_ends_simulated_sessions(socratic_that_ends, tmp_path, servers):  # noqa: F811
+    """The round trip: trainer --end_token -> (served or loaded) simulator -> data.simulate --end-rule learned.
+    Each session starts from a training conversation's first round, answered by the server the answers came from,
+    so every context the simulator meets has one outcome by the fixture's margin: the follow-up, then the marker."""
     from model.dyadic import END_OF_CONVERSATION
     from tests.test_simulate import fault_server, read, serve_simulator, simulate
 
-    socratic, _ = train_to_end(tiny_dir, tmp_path)
+    socratic = socratic_that_ends.path
+    seeds = tmp_path / "seeds.json"
+    seeds.write_text(json.dumps([{"id": r["id"], "conversations": r["conversations"][:2]}
+                                 for r in socratic_that_ends.records]))
     servers.append(teacher := fault_server(tmp_path, "teacher"))
     servers.append(served := serve_simulator(tmp_path, socratic, "socratic"))
     runs = {}
@@ -565,16 +546,19 @@ def test_a_trained_end_marker_ends_simulated_sessions(tiny_dir, tmp_path, server
                                   ("paper", "paper", str(socratic))):
         runs[name] = tmp_path / f"{name}.jsonl"
         simulate(tmp_path, "--simulator", simulator, "--teacher-base-url", teacher.url, "--teacher-model", "t",
-                 "--mode", "free", "--num-sessions", "4", "--end-rule", rule,
-                 "--min-turns", "1", "--max-turns", "3", "--simulator-temperature", "0.01", "--max-new-tokens", "24",
+                 "--mode", "seeded", "--seeds", str(seeds), "--num-sessions", "4", "--end-rule", rule,
+                 "--min-turns", "1", "--max-turns", "4", "--simulator-temperature", "0.01", "--max-new-tokens", "24",
                  "--max-context", "512", "--out", str(runs[name]))
+    trained = {r["id"]: r["conversations"] for r in socratic_that_ends.records}
     for name in ("learned", "served"):
         sessions = read(runs[name])
-        ended = [r for r in sessions if r["end_reason"] == "learned_end"]
-        assert len(sessions) == 4 and len(ended) >= 2 and all(r["num_of_rounds"] == 1 for r in ended), name
+        assert len(sessions) == 4, name
+        for r in sessions:
+            assert (r["end_reason"], r["num_of_rounds"]) == ("learned_end", 2), name
+            assert r["conversations"] == trained[r["seed_id"]], name
     paper = read(runs["paper"])
-    assert all(r["end_reason"] != "learned_end" for r in paper)  # the paper's rule never stops at the marker
-    assert any(r["meta"]["usage"]["end_markers_suppressed"] for r in paper)
+    assert len(paper) == 4 and all(r["end_reason"] != "learned_end" for r in paper)  # the paper's rule goes on
+    assert all(r["meta"]["usage"]["end_markers_suppressed"] >= 1 for r in paper)
     assert all(END_OF_CONVERSATION not in t["value"] for f in runs.values() for r in read(f) for t in r["conversations"])
 
 
