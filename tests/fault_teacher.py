@@ -10,6 +10,8 @@ reply that would run past N words is cut with ``finish_reason: "length"``, as a 
 As ``--role human`` with ``--end-after K`` it writes the end-of-conversation marker
 (``model.dyadic.END_OF_CONVERSATION``) instead of question K+1, like a Socratic trained with ``--end_token``.
 ``--log-requests FILE`` appends every request body to FILE (JSONL), for tests of what a caller sends.
+``--stall-after N`` answers N requests, then holds every further one unanswered until ``POST /stall`` with
+``{"more": M}`` lets M more through (``null``: all of them): a client run that cannot finish before a test stops it.
 
 Faults: every ``--fault-every``-th request (counted over the whole server) fails, the kinds taken in
 turn from ``--faults``: ``429`` (with a ``retry-after-ms`` header), ``500``, ``drop`` (the connection
@@ -21,7 +23,7 @@ Usage::
 
     python -m tests.fault_teacher --port 0 --port-file port.txt --latency 0.05 \\
         --fault-every 3 --faults 429,500,drop,garbage,empty [--role gpt|human] [--max-context 200] \\
-        [--answer-words 12] [--api-key-env TEACHER_KEY] [--end-after K] [--log-requests FILE]
+        [--answer-words 12] [--api-key-env TEACHER_KEY] [--end-after K] [--log-requests FILE] [--stall-after N]
 """
 from __future__ import annotations
 
@@ -84,7 +86,7 @@ def _error(status: int, message: str, code: str | None = None, etype: str = "inv
 def make_app(args) -> FastAPI:
     app = FastAPI()
     stats: Counter[str] = Counter()
-    state = {"seq": 0, "faults": 0}
+    state = {"seq": 0, "faults": 0, "limit": args.stall_after or None, "gate": asyncio.Event()}
     faults = [f for f in args.faults.split(",") if f] if args.faults else []
     key = os.environ.get(args.api_key_env) if args.api_key_env else None
 
@@ -99,6 +101,14 @@ def make_app(args) -> FastAPI:
     @app.get("/stats")
     async def get_stats():
         return dict(stats)
+
+    @app.post("/stall")
+    async def stall(request: Request):
+        more = (await request.json()).get("more")
+        state["limit"] = None if more is None else stats["ok"] + int(more)
+        gate, state["gate"] = state["gate"], asyncio.Event()
+        gate.set()  # the held requests look again
+        return {"ok": stats["ok"], "limit": state["limit"]}
 
     @app.get("/v1/models")
     async def models():
@@ -134,6 +144,10 @@ def make_app(args) -> FastAPI:
             return JSONResponse({"id": "chatcmpl-empty", "object": "chat.completion", "choices": []})
         if fault == "hang":
             await asyncio.sleep(args.hang)
+        # --stall-after: held until POST /stall lets it through; no await from this check to the answer
+        while state["limit"] is not None and stats["ok"] >= state["limit"]:
+            stats["held"] += 1
+            await state["gate"].wait()
 
         turns = [m for m in messages if m.get("role") in ("user", "assistant")]
         prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in messages)
@@ -185,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--api-key-env", help="require `Authorization: Bearer $VAR`")
     p.add_argument("--end-after", type=int, default=0, help="--role human: end the conversation after K rounds")
     p.add_argument("--log-requests", help="append every request body to this JSONL file")
+    p.add_argument("--stall-after", type=int, default=0, help="hold requests after N answers (0: never)")
     args = p.parse_args(argv)
     bad = [f for f in args.faults.split(",") if f and f not in FAULT_KINDS]
     if bad:

@@ -155,34 +155,43 @@ def test_faulty_teacher_still_yields_n_complete_sessions_and_the_key_stays_secre
 
 
 def test_kill_9_and_ctrl_c_then_rerun_ends_with_exactly_n_unique_sessions(tmp_path, servers):
+    """The teacher answers a set number of questions, then holds the rest: each interrupted run has written the
+    sessions it can and cannot finish before the signal, however fast or slow the machine."""
     servers.append(sim := fault_server(tmp_path, "sim", "--role", "human", "--latency", "0.03"))
-    servers.append(teacher := fault_server(tmp_path, "teacher", "--latency", "0.03", "--fault-every", "5"))
+    servers.append(teacher := fault_server(tmp_path, "teacher", "--latency", "0.03", "--fault-every", "5",
+                                           "--stall-after", "15"))
     out = tmp_path / "resume.jsonl"
-    n, turns = 24, 3
+    n, turns, concurrency = 24, 3, 3
     args = ["--simulator", sim.url, "--teacher-base-url", teacher.url, "--teacher-model", "t",
-            "--mode", "free", "--num-sessions", str(n), "--max-turns", str(turns), "--concurrency", "3",
+            "--mode", "free", "--num-sessions", str(n), "--max-turns", str(turns), "--concurrency", str(concurrency),
             "--out", str(out), "--retry-base-delay", "0.02"]
 
+    def let_through(more: int | None) -> None:
+        httpx.post(teacher.url.replace("/v1", "/stall"), json={"more": more}).raise_for_status()
+
     def run_until(lines: int, sig: int) -> int:
+        """Start a run, wait for ``lines`` sessions in the output (A answers finish at least
+        (A - (turns - 1) * concurrency) // turns of them), then signal it: it cannot have finished."""
         log = open(tmp_path / "interrupted.log", "ab")
         proc = subprocess.Popen([PYTHON, "-m", "data.simulate", *args], cwd=ROOT, env=env_offline(),
                                 stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 120
         while not (out.exists() and out.read_text().count("\n") >= lines):
-            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "interrupted.log").read_text()
+            assert proc.poll() is None, (tmp_path / "interrupted.log").read_text()
             time.sleep(0.02)
         os.kill(proc.pid, sig)
         return proc.wait(60)
 
-    assert run_until(3, signal.SIGKILL) == -signal.SIGKILL
+    assert run_until(3, signal.SIGKILL) == -signal.SIGKILL  # 15 answers: 3 to 5 sessions
     with open(out, "a") as f:  # a crash in the middle of a write leaves a torn line
         f.write('{"id": "free-0000')
     first = len(read_complete(out))
-    assert 3 <= first < n
+    assert 3 <= first <= 5
+    let_through(24)  # up to 3 of them go to the killed run's held requests: 3 to 8 more sessions
     assert run_until(first + 3, signal.SIGINT) == 130
     assert "interrupted" in (tmp_path / "interrupted.log").read_text()
     second = len(read(out))
-    assert first < second < n
+    assert first + 3 <= second <= first + 8 < n
+    let_through(None)
     simulate(tmp_path, *args)
     recs = read(out)
     ids = [r["id"] for r in recs]
@@ -424,12 +433,20 @@ def test_paper_rule_shows_the_simulator_only_the_latest_window(tmp_path, servers
     window = EndRule("paper", 400, 12).window
     assert window == 400 - 12 - 8
     template = Template(tiny_tokenizer, "dyadic")
-    for rec in read(out):
-        assert rec["end_reason"] == "context_full" and rec["meta"]["budget_counted_by"] == "tokenizer"
-        # the question that ended the session was asked from a conversation longer than the window
-        assert rec["meta"]["usage"]["simulator_input_tokens_max"] == window
-        turns = [Turn(c["from"], c["value"]) for c in rec["conversations"]]
-        assert len(tiny_tokenizer(template.render(turns, SOCRATIC_SYSTEM).text)["input_ids"]) > window
+    recs = read(out)
+    for rec in recs:
+        assert rec["meta"]["budget_counted_by"] == "tokenizer"
+        assert rec["meta"]["usage"]["simulator_input_tokens_max"] <= window  # never more than the window
+        # a random model may write an empty question (its EOS first, p ~ 1/400 a question); the paper's rule ends
+        # the session there, as the original did; nothing else ends a session here
+        assert rec["end_reason"] in ("context_full", "empty_question")
+        if rec["end_reason"] == "context_full":
+            # the question that ended the session was asked from a conversation longer than the window
+            assert rec["meta"]["usage"]["simulator_input_tokens_max"] == window
+            turns = [Turn(c["from"], c["value"]) for c in rec["conversations"]]
+            assert len(tiny_tokenizer(template.render(turns, SOCRATIC_SYSTEM).text)["input_ids"]) > window
+    # each session asks about ten questions: all three ending empty has a chance of about 1e-5
+    assert any(rec["end_reason"] == "context_full" for rec in recs)
 
 
 # -- the learned end, question-only seeds, role-play, several endpoints -----------------------------
@@ -481,12 +498,12 @@ def test_roleplay_simulator_sends_the_prompt_with_the_transcript(tmp_path, serve
     assert len(recs) == 2 and all(r["meta"]["simulator_kind"] == "roleplay" for r in recs)
     requests = read(log)
     assert len(requests) == 4 and all([m["role"] for m in r["messages"]] == ["system"] for r in requests)
-    prompt = (ROOT / "data/prompts/roleplay.txt").read_text().split("{conversation}")[0]
-    second = [r["messages"][0]["content"] for r in requests if "Assistant: Answer" in r["messages"][0]["content"]]
-    assert len(second) == 2 and all(s.startswith(prompt) for s in second)
-    rec = recs[0]
-    assert f"User: {rec['conversations'][0]['value']}\n\nAssistant: {rec['conversations'][1]['value']}" in second[0] \
-        or f"User: {rec['conversations'][0]['value']}" in second[1]
+    # each session's two requests, written out from the prompt file: the opening, then its own first round
+    prompt = (ROOT / "data/prompts/roleplay.txt").read_text()
+    expected = [prompt.replace("{conversation}", "(The conversation has not started yet.)")] * 2 + [
+        prompt.replace("{conversation}", f"User: {q['value']}\n\nAssistant: {a['value']}")
+        for q, a, *_ in (r["conversations"] for r in recs)]
+    assert sorted(r["messages"][0]["content"] for r in requests) == sorted(expected)
     bad = tmp_path / "bad-prompt.txt"
     bad.write_text("Act as a user.")
     proc = simulate(tmp_path, "--simulator", chat.url, "--simulator-kind", "roleplay", "--roleplay-prompt", str(bad),

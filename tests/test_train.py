@@ -9,8 +9,6 @@ import random
 import signal
 import socket
 import subprocess
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -170,25 +168,30 @@ def dialogues(last_role: str, change: str | None) -> list[dict]:
         for t, turn in enumerate(turns):
             if turn["from"] == change:
                 if (change == last_role and t == len(turns) - 1) or change != last_role:
-                    turn["value"] = "Sorted ( xs ) { keep an eye } on the mouse, 42 !"
+                    turn["value"] = "Sorted ( xs ) { keep an eye } on the mouse, 42 ! " * 4
         out.append({"id": f"d{i}", "conversations": turns})
     return out
 
 
 @pytest.mark.parametrize("role", ["human", "gpt"])
-def test_loss_only_on_the_trained_role(role, tiny_dir, tmp_path):
+def test_loss_only_on_the_trained_role(role, sharp_llama, tmp_path):
     """Socratic (human): rewriting the final assistant turns keeps the loss, rewriting human turns changes it.
-    PlatoLM (gpt): the reverse, with conversations that end on a human turn."""
+    PlatoLM (gpt): the reverse, with conversations that end on a human turn. The first step's loss is the one a
+    plain forward pass gives (no trainer), and the model with large random weights (``sharp_llama``) tells the
+    rewritten turns apart by far more than float noise (checked: a 0.05 margin, where noise is ~1e-5)."""
     other = "gpt" if role == "human" else "human"
     last = other  # the untrained role speaks last, so nothing trained comes after its change
     cache = tmp_path / "cache"
-    losses = {}
+    losses, direct = {}, {}
     for change in (None, other, role):
         data = tmp_path / f"{change or 'orig'}.json"
         data.write_text(json.dumps(dialogues(last, change)))
-        losses[change] = first_step_loss(role, tiny_dir, data, tmp_path, cache)
-    assert abs(losses[other] - losses[None]) < 1e-4, losses
-    assert abs(losses[role] - losses[None]) > 1e-2, losses
+        losses[change] = first_step_loss(role, sharp_llama, data, tmp_path, cache)
+        direct[change] = mean_loss(sharp_llama, data, role)
+    assert losses == pytest.approx(direct, rel=1e-5)
+    assert abs(direct[role] - direct[None]) > 0.05, direct  # the margin
+    assert losses[other] == pytest.approx(losses[None], rel=1e-5)
+    assert abs(losses[role] - losses[None]) > 0.05, losses
 
 
 # -- packing ------------------------------------------------------------------------------------
@@ -304,14 +307,13 @@ def test_ctrl_c_saves_a_checkpoint_and_the_next_run_resumes_from_it(tiny_dir, co
     proc = subprocess.Popen([PYTHON, *args, "--logging_steps", "1"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     seen = bytearray()
-    reader = threading.Thread(target=lambda: [seen.extend(c) for c in iter(lambda: proc.stdout.read1(4096), b"")])
-    reader.start()
-    deadline = time.monotonic() + 180
-    while seen.count(b"'loss'") < 3 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
+    while seen.count(b"'loss'") < 3:  # the third logged step is the event (read1 waits for output, not for time)
+        chunk = proc.stdout.read1(4096)
+        assert chunk, f"the run ended before its third step:\n{seen.decode(errors='replace')[-3000:]}"
+        seen.extend(chunk)
     proc.send_signal(signal.SIGINT)
+    seen.extend(proc.stdout.read())
     rc = proc.wait(timeout=120)
-    reader.join()
     text = seen.decode(errors="replace")
     assert rc == 130, text[-3000:]
     assert "saving a checkpoint" in text and "run the same command again to resume" in text
