@@ -14,7 +14,8 @@ ALPACA_PKGS := alpaca-eval==0.6.6 setuptools==80.9.0 pandas==2.3.3 ijson==3.6.0
 DS_OP_DIR := .cache/torch_extensions
 DS_OP   := $(DS_OP_DIR)/deepspeed_shm_comm/deepspeed_shm_comm.so
 MT_BENCH := eval/data/mt_bench/question.jsonl
-# `make test` runs the tests on every core (pytest-xdist); PYTEST_ARGS adds to or overrides it
+# `make test` runs the tests on every core (pytest-xdist; tests marked with one xdist_group share a worker);
+# PYTEST_ARGS adds to it or overrides it (PYTEST_ARGS="-n 0" runs them in one process)
 PYTEST_WORKERS ?= auto
 
 .PHONY: setup demo test bench clean alpaca-env gpu-check
@@ -47,7 +48,7 @@ demo: setup
 	$(BIN)/python -m scripts.demo $(DEMO_ARGS)
 
 test: setup
-	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 # What only a GPU shows (trainer MFU, vLLM serving Socratic, vLLM == HF generate); a dry run without CUDA.
 gpu-check: setup

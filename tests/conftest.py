@@ -7,8 +7,10 @@ under ``.cache/tests`` in the repository (SmolLM2's Hugging Face conversion is m
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
+import subprocess
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -55,6 +57,22 @@ def cache_lock(name: str):
     with open(TEST_CACHE / f".{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
+
+
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """``build(folder)`` once per test session, shared by the pytest-xdist workers (the first builds it under a lock,
+    the others wait and reuse it): for session fixtures that cost seconds."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the session's folder, above each worker's own
+    folder, done = base / name, base / f"{name}.done"
+    with open(base / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            build(folder)
+            done.touch()
+    return folder
 
 
 @pytest.fixture(scope="session")
@@ -121,15 +139,110 @@ def socratic_that_ends(tiny_dir, tmp_path_factory):
     from model.train import main
     from tests.tiny import MARGIN, end_probabilities, ending_conversations
 
-    tmp = tmp_path_factory.mktemp("socratic-that-ends")
-    records, data, out = ending_conversations(), tmp / "ends.json", tmp / "model"
-    data.write_text(json.dumps(records))
-    assert main(HUMAN, SOCRATIC_SYSTEM, [
-        "--model_name_or_path", str(tiny_dir), "--data_path", str(data), "--output_dir", str(out), "--end_token",
-        "--max_steps", "120", "--learning_rate", "1e-2", "--lr_scheduler_type", "constant",
-        "--per_device_train_batch_size", "8", "--packing", "false", "--save_strategy", "no", "--use_cpu",
-        "--report_to", "none", "--disable_tqdm", "true", "--data_cache_dir", str(tmp / "cache")]) == 0
+    records = ending_conversations()
+
+    def train(tmp: Path) -> None:
+        (tmp / "ends.json").write_text(json.dumps(records))
+        assert main(HUMAN, SOCRATIC_SYSTEM, [
+            "--model_name_or_path", str(tiny_dir), "--data_path", str(tmp / "ends.json"), "--output_dir",
+            str(tmp / "model"), "--end_token", "--max_steps", "120", "--learning_rate", "1e-2",
+            "--lr_scheduler_type", "constant", "--per_device_train_batch_size", "8", "--packing", "false",
+            "--save_strategy", "no", "--use_cpu", "--report_to", "none", "--disable_tqdm", "true",
+            "--data_cache_dir", str(tmp / "cache")]) == 0
+
+    tmp = built_once(tmp_path_factory, "socratic-that-ends", train)
+    data, out = tmp / "ends.json", tmp / "model"
     p = end_probabilities(out, records)
     assert min(p["end"] + p["follow_up"]) >= MARGIN and max(p["go_on"] + p["opening"]) <= 1 - MARGIN, \
         f"the tiny Socratic did not learn its conversations with a margin of {MARGIN}: train it longer ({p})"
     return SimpleNamespace(path=out, data=data, records=records, p=p)
+
+
+def run_main(main, argv, log: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    """A command's ``main(argv)`` in this process, as ``python -m`` would run it, where a subprocess adds nothing but
+    its start: stdout and stderr appended to ``log``, else returned as ``.stdout`` and ``.stderr``; the variables
+    of ``env`` that differ from this process's set for the call only; SystemExit (argparse) taken as the exit code.
+    Returns what subprocess.run would."""
+    import io
+
+    changed = {k: v for k, v in (env or {}).items() if os.environ.get(k) != v}
+    saved = {k: os.environ.get(k) for k in changed}
+    os.environ.update(changed)
+    argv = [str(a) for a in argv]
+    try:
+        with open(log, "a") if log else contextlib.nullcontext() as file:
+            out, err = (file, file) if file else (io.StringIO(), io.StringIO())
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                try:
+                    rc = main(argv)
+                except SystemExit as exit_:
+                    rc = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return subprocess.CompletedProcess(argv, rc, None if log else out.getvalue(), None if log else err.getvalue())
+
+
+def run_command(module: str, *args, env: dict | None = None, in_process: bool = True,
+                timeout: int = 600) -> subprocess.CompletedProcess:
+    """``python -m module ARGS``: its ``main(argv)`` in this process (see run_main), or a real subprocess (each
+    command keeps one such smoke test; ``env`` is then the whole environment)."""
+    if in_process:
+        import importlib
+
+        return run_main(importlib.import_module(module).main, args, env=env)
+    return subprocess.run([PYTHON, "-m", module, *map(str, args)], cwd=ROOT, env=env or env_offline(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def servers():
+    """Servers a test starts (tests.servers): append them, they are stopped when it ends."""
+    started = []
+    yield started
+    for srv in started:
+        srv.stop()
+
+
+@pytest.fixture(scope="session")
+def plain_teacher(tmp_path_factory):
+    """tests/fault_teacher.py as a teacher with no faults: its answers depend on the request alone, so tests that do
+    not read its /stats share it."""
+    from tests.servers import fault_server
+
+    srv = fault_server(tmp_path_factory.mktemp("plain-teacher"), "teacher")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def plain_simulator(tmp_path_factory):
+    """tests/fault_teacher.py asking questions (``--role human``), no faults: shared like ``plain_teacher``."""
+    from tests.servers import fault_server
+
+    srv = fault_server(tmp_path_factory.mktemp("plain-simulator"), "sim", "--role", "human")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_simulator_server(tiny_dir, tmp_path_factory):
+    """``model.serve --role human`` with the tiny model (mark tests ``xdist_group("tiny-server")`` to share it)."""
+    from tests.servers import serve_simulator
+
+    srv = serve_simulator(tmp_path_factory.mktemp("serve-tiny"), tiny_dir, "serve-tiny")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def smollm2_simulator_server(smollm2_dir, tmp_path_factory):
+    """``model.serve --role human`` with SmolLM2 (mark tests ``xdist_group("smollm2-server")`` to share it)."""
+    from tests.servers import serve_simulator
+
+    srv = serve_simulator(tmp_path_factory.mktemp("serve-smollm2"), smollm2_dir, "serve-smollm2")
+    yield srv
+    srv.stop()

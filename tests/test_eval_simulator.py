@@ -20,8 +20,8 @@ import pytest
 from core.conversation import GPT, HUMAN, BadRecordSummary, Conversation, Turn, iter_conversations, write_jsonl
 from model.dyadic import END_OF_CONVERSATION, IGNORE_INDEX, Encoder
 from core.errors import UsageError
-from tests.conftest import PYTHON, ROOT, env_offline
-from tests.test_simulate import fault_server, servers  # noqa: F401 - the fixture is used below
+from tests.conftest import cache_lock, run_command
+from tests.servers import fault_server
 
 from eval import simulator as sim
 from eval.detector import (HFDetector, NgramDetector, default_detector, load_detector, train_detector)
@@ -44,15 +44,15 @@ def real_file(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def detector_file(tmp_path_factory) -> Path:
     """A detector trained on 3,000 real ShareGPT turns (cached like the default one), saved for --detector."""
-    det = default_detector(n=3000, n_test=1000)
+    with cache_lock("detector"):  # trained once into the tests' cache, by one worker
+        det = default_detector(n=3000, n_test=1000)
     path = tmp_path_factory.mktemp("detector") / "det.npz"
     det.save(path)
     return path
 
 
-def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([PYTHON, "-m", "eval.simulator", *args], cwd=ROOT, env=env_offline(),
-                          capture_output=True, text=True, timeout=600)
+def run_cli(*args: str, check: bool = True, in_process: bool = True) -> subprocess.CompletedProcess:
+    proc = run_command("eval.simulator", *args, in_process=in_process)
     if check:
         assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
@@ -324,7 +324,7 @@ def test_human_likeness_of_real_turns_leaves_out_the_detectors_training_turns(de
     assert r["human_likeness"] > 0.7  # real human turns the detector never saw
 
 
-def test_endpoint_simulators_socratic_and_roleplay(detector_file, tmp_path, servers):  # noqa: F811
+def test_endpoint_simulators_socratic_and_roleplay(detector_file, tmp_path, servers):
     import httpx
 
     servers.append(srv := fault_server(tmp_path, "sim", "--role", "human"))
@@ -337,7 +337,7 @@ def test_endpoint_simulators_socratic_and_roleplay(detector_file, tmp_path, serv
     assert httpx.get(srv.url.removesuffix("/v1") + "/stats").json()["ok"] == 36 + 5
 
 
-def test_generation_failures_are_counted_not_fatal(detector_file, tmp_path, servers):  # noqa: F811
+def test_generation_failures_are_counted_not_fatal(detector_file, tmp_path, servers):
     servers.append(srv := fault_server(tmp_path, "sim", "--role", "human", "--max-context", "78"))
     r = result(tmp_path, "role-adherence", "--base-url", srv.url, "--detector", str(detector_file),
                "--samples", "1", "--max-retries", "0")
@@ -346,7 +346,7 @@ def test_generation_failures_are_counted_not_fatal(detector_file, tmp_path, serv
     assert r["skipped_reasons"] == {"no room to generate": r["skipped"]}
 
 
-def test_judge_detector_against_a_real_local_server(tmp_path, servers):  # noqa: F811
+def test_judge_detector_against_a_real_local_server(tmp_path, servers):
     servers.append(srv := fault_server(tmp_path, "judge"))
     det = load_detector(f"judge:fault-teacher@{srv.url}")
     p = det.human_probability(["hello", "Certainly! Here is"])
@@ -420,7 +420,7 @@ def test_termination_gold_follows_the_segments_that_really_ended(tmp_path):
     assert [g for _, g in sim.decision_points(convs[2], True)] == [False, False]  # ends on a human turn
 
 
-def test_termination_at_an_endpoint_that_never_ends(tmp_path, servers):  # noqa: F811
+def test_termination_at_an_endpoint_that_never_ends(tmp_path, servers):
     servers.append(srv := fault_server(tmp_path, "sim", "--role", "human"))
     data = tmp_path / "heldout.jsonl"
     write_jsonl(data, (c.to_sharegpt() for c in conversations_that_end()))
@@ -429,7 +429,7 @@ def test_termination_at_an_endpoint_that_never_ends(tmp_path, servers):  # noqa:
 
 
 def test_cli_help_and_usage_errors():
-    proc = run_cli("--help")
+    proc = run_cli("--help", in_process=False)
     assert all(c in proc.stdout for c in ("perplexity", "diversity", "human-likeness", "role-adherence", "termination"))
     proc = run_cli("diversity", "--n", "3", check=False)
     assert proc.returncode == 2 and "--model PATH" in proc.stderr

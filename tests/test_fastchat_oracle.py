@@ -22,6 +22,8 @@ MODELS = ["gpt-4", "gpt-4-0125-preview"]
 QIDS = ",".join(str(i) for i in range(101, 131))  # reasoning 101-110, math 111-120, coding 121-130
 JUDGE = "judge-x"
 
+pytestmark = pytest.mark.xdist_group("fastchat")  # one worker: its module fixtures are built once
+
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory, mt_bench_data):
