@@ -12,7 +12,6 @@ import fcntl
 import os
 import subprocess
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -40,17 +39,17 @@ TEST_ENV = {
 }
 
 
-def own_environment(environ=os.environ) -> None:
-    """Remove what changes behaviour, set what the tests rely on (in place: in-process commands read it too)."""
-    for var in [v for v in environ if v in LEAKY_VARS or v.startswith(LEAKY_PREFIXES)]:
-        del environ[var]
-    environ.update(TEST_ENV)
+def own_environment() -> None:
+    """Remove what changes behaviour, set what the tests rely on (in os.environ: in-process commands read it too)."""
+    for var in [v for v in os.environ if v in LEAKY_VARS or v.startswith(LEAKY_PREFIXES)]:
+        del os.environ[var]
+    os.environ.update(TEST_ENV)
 
 
 own_environment()
 
 
-@contextmanager
+@contextlib.contextmanager
 def cache_lock(name: str):
     """One process at a time builds a cached asset (pytest-xdist runs several)."""
     TEST_CACHE.mkdir(parents=True, exist_ok=True)

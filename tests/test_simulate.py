@@ -461,6 +461,7 @@ def test_roleplay_simulator_sends_the_prompt_with_the_transcript(tmp_path, serve
     assert proc.returncode == 2 and str(bad) in text and "{conversation}" in text
 
 
+@pytest.mark.slow
 def test_roleplay_with_smollm2_playing_the_user(tmp_path, servers, smollm2_dir, plain_teacher):
     port = free_port()
     servers.append(chat := Server([PYTHON, "-m", "model.serve", "--model", str(smollm2_dir), "--role", "gpt",
