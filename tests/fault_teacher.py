@@ -20,6 +20,8 @@ request holds ``--prefer``, ``[[2]]`` when it holds ``--avoid``, else a rating f
 the request; every ``--unsure-every``-th judge reply holds no verdict at all.
 ``--hold N`` makes chat requests wait for each other in groups of N (a barrier) and ``/stats`` count the
 most ever in flight at once (``in_flight_max``): a client's concurrency, seen by events, not by timing.
+``--stall-after N`` answers N requests, then holds every further one unanswered until ``POST /stall`` with
+``{"more": M}`` lets M more through (``null``: all of them): a client run that cannot finish before a test stops it.
 
 Faults: every ``--fault-every``-th request (counted over the whole server) fails, the kinds taken in
 turn from ``--faults``: ``429`` (with a ``retry-after-ms`` header), ``500``, ``drop`` (the connection
@@ -31,7 +33,7 @@ Usage::
 
     python -m tests.fault_teacher --port 0 --port-file port.txt --latency 0.05 \\
         --fault-every 3 --faults 429,500,drop,garbage,empty [--role gpt|human] [--max-context 200] \\
-        [--answer-words 12] [--api-key-env TEACHER_KEY] [--end-after K] [--log-requests FILE]
+        [--answer-words 12] [--api-key-env TEACHER_KEY] [--end-after K] [--log-requests FILE] [--stall-after N]
     python -m tests.fault_teacher --role judge --prefer "Glad to help" --avoid Whatever [--unsure-every 5]
 """
 from __future__ import annotations
@@ -116,6 +118,11 @@ def human_words(args, turns: list[dict], body: dict, last: str) -> list[str]:
     return ["Question", f"{n}:"] + _words(args.answer_words, f"q{n}|{last}{seed}") + ["?"]
 
 
+def teacher_answer(round_no: int, question: str, answer_words: int = 12) -> str:
+    """What this server answers (``--role gpt``) to ``question`` asked as the conversation's ``round_no``-th."""
+    return " ".join(["Answer", f"{round_no}:", *_words(answer_words, f"a{round_no}|{question}"), "."])
+
+
 def _error(status: int, message: str, code: str | None = None, etype: str = "invalid_request_error"):
     return JSONResponse({"error": {"message": message, "type": etype, "param": None, "code": code}},
                         status_code=status)
@@ -141,7 +148,7 @@ def add_hold(app: FastAPI, n: int, stats: Counter) -> None:
 def make_app(args) -> FastAPI:
     app = FastAPI()
     stats: Counter[str] = Counter()
-    state = {"seq": 0, "faults": 0}
+    state = {"seq": 0, "faults": 0, "limit": args.stall_after or None, "gate": asyncio.Event()}
     faults = [f for f in args.faults.split(",") if f] if args.faults else []
     key = os.environ.get(args.api_key_env) if args.api_key_env else None
     if args.hold:
@@ -158,6 +165,14 @@ def make_app(args) -> FastAPI:
     @app.get("/stats")
     async def get_stats():
         return dict(stats)
+
+    @app.post("/stall")
+    async def stall(request: Request):
+        more = (await request.json()).get("more")
+        state["limit"] = None if more is None else stats["ok"] + int(more)
+        gate, state["gate"] = state["gate"], asyncio.Event()
+        gate.set()  # the held requests look again
+        return {"ok": stats["ok"], "limit": state["limit"]}
 
     @app.get("/v1/models")
     async def models():
@@ -193,6 +208,10 @@ def make_app(args) -> FastAPI:
             return JSONResponse({"id": "chatcmpl-empty", "object": "chat.completion", "choices": []})
         if fault == "hang":
             await asyncio.sleep(args.hang)
+        # --stall-after: held until POST /stall lets it through; no await from this check to the answer
+        while state["limit"] is not None and stats["ok"] >= state["limit"]:
+            stats["held"] += 1
+            await state["gate"].wait()
 
         turns = [m for m in messages if m.get("role") in ("user", "assistant")]
         prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in messages)
@@ -209,7 +228,7 @@ def make_app(args) -> FastAPI:
         elif args.role == "judge":
             words = judge_reply(args, messages, stats["ok"] + 1).split()
         else:
-            words = ["Answer", f"{n_user}:"] + _words(args.answer_words, f"a{n_user}|{last}") + ["."]
+            words = teacher_answer(n_user, last, args.answer_words).split()
         if args.prefix and words:
             words = args.prefix.split() + words
         finish = "stop"
@@ -256,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prefer", default="", help="--role judge: the text it prefers")
     p.add_argument("--avoid", default="", help="--role judge: the text it dislikes")
     p.add_argument("--unsure-every", type=int, default=0, help="--role judge: every K-th reply has no verdict")
+    p.add_argument("--stall-after", type=int, default=0, help="hold requests after N answers (0: never)")
     args = p.parse_args(argv)
     bad = [f for f in args.faults.split(",") if f and f not in FAULT_KINDS]
     if bad:

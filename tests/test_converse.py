@@ -23,7 +23,8 @@ import pytest
 from core.conversation import HUMAN
 from eval.converse import main
 from tests.conftest import PYTHON, ROOT, env_offline
-from tests.test_simulate import Server, read
+from tests.servers import Server
+from tests.test_simulate import read
 
 GOOD, BAD = "Glad to help:", "Whatever:"
 N = 6

@@ -42,7 +42,7 @@ def commands(stdout: str) -> list[str]:
 @pytest.fixture(scope="module")
 def remote(tmp_path_factory):
     """A local OpenAI-compatible process standing in for a remote teacher and judge."""
-    from tests.test_simulate import fault_server
+    from tests.servers import fault_server
 
     server = fault_server(tmp_path_factory.mktemp("remote"), "remote", "--answer-words", "10")
     yield server
@@ -52,7 +52,7 @@ def remote(tmp_path_factory):
 @pytest.fixture(scope="module")
 def judge(tmp_path_factory):
     """A local OpenAI-compatible judge that rates every answer and prefers no assistant (tests/fault_teacher.py)."""
-    from tests.test_simulate import fault_server
+    from tests.servers import fault_server
 
     server = fault_server(tmp_path_factory.mktemp("judge"), "judge", "--role", "judge")
     yield server

@@ -10,6 +10,8 @@ from scripts import docs
 
 ROOT = docs.ROOT
 
+pytestmark = pytest.mark.xdist_group("docs")  # one worker: its module fixtures are built once
+
 
 @pytest.fixture(scope="module")
 def rendered() -> str:

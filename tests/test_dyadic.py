@@ -6,14 +6,13 @@ and SmolLM2-135M-Instruct's (no automatic BOS; <|im_start|>/<|im_end|> as BOS/EO
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
 
 from core.conversation import GPT, HUMAN, BadRecord, Conversation, Turn, parse_record, read_json_records
 from model.dyadic import (IGNORE_INDEX, PLATOLM_SYSTEM, SOCRATIC_SYSTEM, SYSTEM_PROMPTS, Encoder, Template,
                           labels_from_offsets, show)
-from tests.conftest import PYTHON, ROOT, env_offline
+from tests.conftest import run_command
 
 CONV = Conversation("c1", [
     Turn(HUMAN, "How do I sort a list in Python?"),
@@ -205,9 +204,8 @@ BAD = [
 GOOD = {"id": "ok-1", "conversations": [{"from": "human", "value": "q?"}, {"from": "gpt", "value": "a."}]}
 
 
-def run_cli(*args):
-    return subprocess.run([PYTHON, "-m", "model.dyadic", *map(str, args)], cwd=ROOT, env=env_offline(),
-                          capture_output=True, text=True, timeout=300)
+def run_cli(*args, in_process=True):
+    return run_command("model.dyadic", *args, in_process=in_process)
 
 
 def test_cli_skips_and_counts_every_bad_kind(tmp_path, tiny_dir):
@@ -215,7 +213,7 @@ def test_cli_skips_and_counts_every_bad_kind(tmp_path, tiny_dir):
     data.write_text("\n".join(json.dumps(r) for r, _ in BAD[:3]) + "\n" + json.dumps(GOOD) + "\n"
                     + "\n".join(json.dumps(r) for r, _ in BAD[3:]) + "\n" + json.dumps({"conversations": GOOD["conversations"]}) + "\n")
     out = tmp_path / "out.jsonl"
-    p = run_cli("--tokenizer", tiny_dir, "--data", data, "--train-role", "human", "--out", out)
+    p = run_cli("--tokenizer", tiny_dir, "--data", data, "--train-role", "human", "--out", out, in_process=False)
     assert p.returncode == 0, p.stderr
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["id"] for r in rows] == ["ok-1", "7"]  # input order; the id-less record gets its index

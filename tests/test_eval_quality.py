@@ -11,8 +11,10 @@ import subprocess
 import numpy as np
 import pytest
 
-from tests.conftest import PYTHON, ROOT, env_offline
+from tests.conftest import PYTHON, ROOT, env_offline, run_command
 from tests.test_eval_mt_bench import Server, criteria_reply, read_jsonl, write_jsonl
+
+pytestmark = pytest.mark.xdist_group("quality")  # one worker: its module fixtures are built once
 
 # A prompt in the form of the original's prompt_template.txt: no {conversation} placeholder, the transcript is
 # appended, the scores are asked for as "{Complexity: n, ...}" in its "json format" (wording our own).
@@ -114,9 +116,8 @@ def local_embedder(server, tmp_path) -> list:
             "--embedding-cache", tmp_path / "emb"]
 
 
-def run_quality(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([PYTHON, "-m", "eval.question_quality", *map(str, args)], cwd=ROOT, env=env_offline(),
-                          capture_output=True, text=True, timeout=600)
+def run_quality(*args, in_process=True) -> subprocess.CompletedProcess:
+    return run_command("eval.question_quality", *args, in_process=in_process)
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +144,7 @@ def quality_run(tmp_path_factory, tiny_dir, detector_dir, server):
     first = run_quality("--data", data, data2, "--name", "ShareGPT", "ShareGPT-2", "--embedder", "minilm", "--json",
                         "--out", tmp / "results", "--tokenizer", tiny_dir, "--detector", detector_dir,
                         "--judge-model", "judge-q", "--judge-base-url", server.url + "/v1", "--sample", "5",
-                        "--prompt-file", prompt)
+                        "--prompt-file", prompt, in_process=False)
     return dict(convs=convs, questions=questions, data=data, prompt=prompt, tmp=tmp, first=first,
                 out=tmp / "results" / "ShareGPT.json")
 

@@ -20,8 +20,8 @@ import pytest
 from core.conversation import GPT, HUMAN, BadRecordSummary, Conversation, Turn, iter_conversations, write_jsonl
 from model.dyadic import END_OF_CONVERSATION, IGNORE_INDEX, Encoder
 from core.errors import UsageError
-from tests.conftest import PYTHON, ROOT, env_offline
-from tests.test_simulate import fault_server, servers  # noqa: F401 - the fixture is used below
+from tests.conftest import cache_lock, run_command
+from tests.servers import fault_server
 
 from eval import simulator as sim
 from eval.detector import (HFDetector, NgramDetector, default_detector, load_detector, train_detector)
@@ -44,15 +44,15 @@ def real_file(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def detector_file(tmp_path_factory) -> Path:
     """A detector trained on 3,000 real ShareGPT turns (cached like the default one), saved for --detector."""
-    det = default_detector(n=3000, n_test=1000)
+    with cache_lock("detector"):  # trained once into the tests' cache, by one worker
+        det = default_detector(n=3000, n_test=1000)
     path = tmp_path_factory.mktemp("detector") / "det.npz"
     det.save(path)
     return path
 
 
-def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([PYTHON, "-m", "eval.simulator", *args], cwd=ROOT, env=env_offline(),
-                          capture_output=True, text=True, timeout=600)
+def run_cli(*args: str, check: bool = True, in_process: bool = True) -> subprocess.CompletedProcess:
+    proc = run_command("eval.simulator", *args, in_process=in_process)
     if check:
         assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
@@ -255,7 +255,8 @@ def test_role_adherence_with_a_local_model_is_the_detectors_verdict(tiny_dir, de
     assert r["metric"] == "role_adherence" and r["probes"] == len(probes) == 36 and r["n"] == 36
     assert set(r["by_kind"]) == {"question", "help", "handover"}
     generated = [c.turns[-1].text for c in iter_conversations(saved)]
-    expected = sim.judged_human(NgramDetector.load(detector_file), generated).mean()
+    det = NgramDetector.load(detector_file)  # the detector's own verdict, turn by turn; an empty turn is nobody's
+    expected = np.mean([bool(t.strip()) and bool(det.is_human([t])[0]) for t in generated])
     assert r["role_adherence"] == pytest.approx(expected, abs=1e-4)
     assert r["detector_accuracy"] > 0.8
 
@@ -265,13 +266,36 @@ def test_diversity_of_openings_local_and_real(tiny_dir, real_file, tmp_path):
     r = result(tmp_path, "diversity", "--model", str(tiny_dir), "--n", "6", "--max-new-tokens", "12",
                "--save", str(saved))
     openings = [c.turns[0].text for c in iter_conversations(saved)]
-    assert r["n"] == 6 == len(openings) and r["distinct_1"] == pytest.approx(sim.distinct_1(openings), abs=1e-4)
-    assert -1 <= r["pairwise_similarity"] <= 1 and r["embedder"] == "minilm"
+    assert r["n"] == 6 == len(openings) and r["embedder"] == "minilm"
+    assert (r["distinct_1"], r["pairwise_similarity"]) == \
+        pytest.approx(direct_diversity(openings, minilm_vectors(openings)), abs=1e-3)
     ref = result(tmp_path, "diversity", "--data", str(real_file), "--n", "5", "--name", "ShareGPT humans")
     firsts = [c.turns[0].text for c in iter_conversations(real_file)]
     assert ref["n"] == 5 and ref["data"] == str(real_file) and ref["name"] == "ShareGPT humans"
-    assert 0 < ref["distinct_1"] <= 1 and ref["pairwise_similarity"] < 0.9
-    assert len(firsts) == 8
+    assert len(firsts) == 8  # five of the eight openings, drawn: the figures are those of one of the 56 draws
+    vectors = minilm_vectors(firsts)
+    draws = [direct_diversity([firsts[i] for i in pick], vectors) for pick in itertools.combinations(range(8), 5)]
+    assert any((ref["distinct_1"], ref["pairwise_similarity"]) == pytest.approx(d, abs=1e-3) for d in draws)
+
+
+def minilm_vectors(texts: list[str]) -> dict[str, np.ndarray]:
+    from sentence_transformers import SentenceTransformer
+
+    from core.assets import minilm_dir
+
+    return dict(zip(texts, SentenceTransformer(str(minilm_dir()), device="cpu").encode(texts)))
+
+
+def direct_diversity(texts: list[str], vectors: dict[str, np.ndarray]) -> tuple[float, float]:
+    """The independent computation: distinct lower-cased words over all words; the mean cosine of the texts'
+    MiniLM embeddings over all pairs of different texts."""
+    import re
+
+    words = [w for t in texts for w in re.findall(r"\w+", t.lower())]
+    x = np.array([vectors[t] for t in texts], dtype=np.float64)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    n = len(texts)
+    return len(set(words)) / len(words), ((x @ x.T).sum() - n) / (n * (n - 1))
 
 
 def test_distinct_1_and_reservoir():
@@ -300,7 +324,7 @@ def test_human_likeness_of_real_turns_leaves_out_the_detectors_training_turns(de
     assert r["human_likeness"] > 0.7  # real human turns the detector never saw
 
 
-def test_endpoint_simulators_socratic_and_roleplay(detector_file, tmp_path, servers):  # noqa: F811
+def test_endpoint_simulators_socratic_and_roleplay(detector_file, tmp_path, servers):
     import httpx
 
     servers.append(srv := fault_server(tmp_path, "sim", "--role", "human"))
@@ -313,7 +337,7 @@ def test_endpoint_simulators_socratic_and_roleplay(detector_file, tmp_path, serv
     assert httpx.get(srv.url.removesuffix("/v1") + "/stats").json()["ok"] == 36 + 5
 
 
-def test_generation_failures_are_counted_not_fatal(detector_file, tmp_path, servers):  # noqa: F811
+def test_generation_failures_are_counted_not_fatal(detector_file, tmp_path, servers):
     servers.append(srv := fault_server(tmp_path, "sim", "--role", "human", "--max-context", "78"))
     r = result(tmp_path, "role-adherence", "--base-url", srv.url, "--detector", str(detector_file),
                "--samples", "1", "--max-retries", "0")
@@ -322,7 +346,7 @@ def test_generation_failures_are_counted_not_fatal(detector_file, tmp_path, serv
     assert r["skipped_reasons"] == {"no room to generate": r["skipped"]}
 
 
-def test_judge_detector_against_a_real_local_server(tmp_path, servers):  # noqa: F811
+def test_judge_detector_against_a_real_local_server(tmp_path, servers):
     servers.append(srv := fault_server(tmp_path, "judge"))
     det = load_detector(f"judge:fault-teacher@{srv.url}")
     p = det.human_probability(["hello", "Certainly! Here is"])
@@ -347,40 +371,39 @@ def conversations_that_end(repeat: int = 1) -> list[Conversation]:
     return convs
 
 
-@pytest.fixture(scope="module")
-def tiny_that_ends(tmp_path_factory, tiny_dir) -> Path:
-    """The tiny model, trained a few hundred steps in-process to write END_OF_CONVERSATION after the last answer."""
+def marker_turn_probability(model, tokenizer, history: list[Turn]) -> float:
+    """The independent computation: the history and the marker as the next human turn, encoded as the trainer
+    encodes it; p(every token of that last turn) from one forward pass."""
     import torch
+
+    row = Encoder(tokenizer, HUMAN, "dyadic").encode(Conversation("p", [*history, Turn(HUMAN, END_OF_CONVERSATION)]))
+    ids, labels = row["input_ids"], row["labels"]
+    start = max(i for i, lab in enumerate(labels) if lab == IGNORE_INDEX) + 1
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0, start - 1:-1].double()
+    return torch.log_softmax(logits, -1).gather(1, torch.tensor(ids[start:])[:, None]).sum().exp().item()
+
+
+def test_termination_of_a_model_that_learned_the_end_marker(socratic_that_ends, tiny_dir, tmp_path):
+    """Two decision points per conversation (after each answer), the marker's probability at each well clear of the
+    0.5 threshold (checked here, independently): every last answer is an end, no first answer is."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(tiny_dir)
-    model = AutoModelForCausalLM.from_pretrained(tiny_dir)
-    encoder = Encoder(tok, HUMAN, "dyadic")
-    rows = [encoder.encode(Conversation(c.id, [*c.turns, Turn(HUMAN, END_OF_CONVERSATION)]))
-            for c in conversations_that_end()]
-    torch.manual_seed(0)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    model.train()
-    for step in range(300):
-        row = rows[step % len(rows)]
-        loss = model(input_ids=torch.tensor([row["input_ids"]]), labels=torch.tensor([row["labels"]])).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-    out = tmp_path_factory.mktemp("tiny-ends")
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    from tests.tiny import MARGIN
 
-
-def test_termination_of_a_model_that_learned_the_end_marker(tiny_that_ends, tiny_dir, tmp_path):
-    data = tmp_path / "heldout.jsonl"
-    write_jsonl(data, (c.to_sharegpt() for c in conversations_that_end()))
-    trained = result(tmp_path, "termination", "--model", str(tiny_that_ends), "--data", str(data))
-    assert trained["n"] == 4 and trained["positives"] == 2 and trained["conversations"] == 2
-    assert trained["f1"] >= 0.8 and trained["recall"] == 1.0
+    model_dir, data = socratic_that_ends.path, socratic_that_ends.data
+    tok, model = AutoTokenizer.from_pretrained(model_dir), AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    convs = list(iter_conversations(data))
+    p = {(c.id, k): marker_turn_probability(model, tok, c.turns[:k]) for c in convs for k in (2, 4)}
+    assert all(v >= MARGIN if k == 4 else v <= 1 - MARGIN for (_, k), v in p.items()), p
+    trained = result(tmp_path, "termination", "--model", str(model_dir), "--data", str(data))
+    assert (trained["n"], trained["positives"], trained["conversations"]) == (8, 4, 4)
+    assert (trained["predicted"], trained["true_positives"]) == (4, 4)
+    assert trained["precision"] == trained["recall"] == trained["f1"] == 1.0
     untrained = result(tmp_path, "termination", "--model", str(tiny_dir), "--data", str(data))
     assert untrained["predicted"] == 0 and untrained["f1"] == 0.0
+    assert max(marker_turn_probability(AutoModelForCausalLM.from_pretrained(tiny_dir), tok, c.turns)
+               for c in convs) < 1e-6  # the untrained model's margin
 
 
 def test_termination_gold_follows_the_segments_that_really_ended(tmp_path):
@@ -397,7 +420,7 @@ def test_termination_gold_follows_the_segments_that_really_ended(tmp_path):
     assert [g for _, g in sim.decision_points(convs[2], True)] == [False, False]  # ends on a human turn
 
 
-def test_termination_at_an_endpoint_that_never_ends(tmp_path, servers):  # noqa: F811
+def test_termination_at_an_endpoint_that_never_ends(tmp_path, servers):
     servers.append(srv := fault_server(tmp_path, "sim", "--role", "human"))
     data = tmp_path / "heldout.jsonl"
     write_jsonl(data, (c.to_sharegpt() for c in conversations_that_end()))
@@ -406,7 +429,7 @@ def test_termination_at_an_endpoint_that_never_ends(tmp_path, servers):  # noqa:
 
 
 def test_cli_help_and_usage_errors():
-    proc = run_cli("--help")
+    proc = run_cli("--help", in_process=False)
     assert all(c in proc.stdout for c in ("perplexity", "diversity", "human-likeness", "role-adherence", "termination"))
     proc = run_cli("diversity", "--n", "3", check=False)
     assert proc.returncode == 2 and "--model PATH" in proc.stderr

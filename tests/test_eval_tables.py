@@ -9,15 +9,16 @@ import subprocess
 
 import pytest
 
-from tests.conftest import PYTHON, ROOT, env_offline
-from tests.test_eval_mt_bench import (bench, mt_bench, mt_bench_data, read_jsonl, server,  # noqa: F401
+from tests.conftest import PYTHON, ROOT, env_offline, run_command
+from tests.test_eval_mt_bench import (bench, mt_bench, read_jsonl, server,  # noqa: F401
                                       vicuna, write_jsonl)
 from tests.test_eval_quality import local_embedder, run_quality, sharegpt_sessions
 
+pytestmark = pytest.mark.xdist_group("tables")  # one worker: its module fixtures are built once
 
-def tables(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([PYTHON, "-m", "eval.tables", *map(str, args)], cwd=ROOT, env=env_offline(),
-                          capture_output=True, text=True, timeout=300)
+
+def tables(*args, in_process=True) -> subprocess.CompletedProcess:
+    return run_command("eval.tables", *args, in_process=in_process)
 
 
 def judge_into(bench_dir, server, out, models, ids, *extra):
@@ -86,7 +87,7 @@ def row(text: str, start: str) -> list[str]:
 
 def test_report_with_paper_numbers(results, tmp_path):
     report = tmp_path / "paper" / "PAPER.md"
-    proc = tables("--data", results, "--out", report, "--paper")
+    proc = tables("--data", results, "--out", report, "--paper", in_process=False)
     assert proc.returncode == 0, proc.stderr
     text = report.read_text()
     main = text.split("## Main results")[1].split("## 10K comparison")[0]

@@ -22,16 +22,13 @@ MODELS = ["gpt-4", "gpt-4-0125-preview"]
 QIDS = ",".join(str(i) for i in range(101, 131))  # reasoning 101-110, math 111-120, coding 121-130
 JUDGE = "judge-x"
 
+pytestmark = pytest.mark.xdist_group("fastchat")  # one worker: its module fixtures are built once
+
 
 @pytest.fixture(scope="module")
-def bench(tmp_path_factory):
+def bench(tmp_path_factory, mt_bench_data):
     """FastChat's directory layout, judged in single and pairwise mode by `eval.mt_bench judge`."""
-    from eval.fetch_mt_bench import fetch
-
-    try:
-        src = fetch(quiet=True)
-    except (ConnectionError, OSError) as err:
-        pytest.skip(f"MT-Bench files not fetched: {err}")
+    src = mt_bench_data
     root = tmp_path_factory.mktemp("fastchat")
     mt = root / "data" / "mt_bench"
     (mt / "model_answer").mkdir(parents=True)

@@ -11,6 +11,8 @@ from model.dyadic import PLATOLM_SYSTEM, SOCRATIC_SYSTEM, Template
 from model.generate import ContextOverflow, Generator, _IncrementalText, cut_at_stop, held_back
 from tests.conftest import PYTHON, ROOT, env_offline
 
+pytestmark = pytest.mark.xdist_group("generate")  # one worker: its module fixtures are built once
+
 CONVS = [
     [Turn(HUMAN, "What is the capital of France?")],
     [Turn(HUMAN, "Tell me a joke about cats."), Turn(GPT, "Why did the cat sit on the computer?"),

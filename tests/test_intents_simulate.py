@@ -17,7 +17,8 @@ from core.errors import UsageError
 from data.intents import read_intents
 from data.simulate import main as simulate_main
 from model.dyadic import SOCRATIC_SYSTEM, intent_system
-from tests.test_simulate import Server, fault_server, read
+from tests.servers import Server, fault_server
+from tests.test_simulate import read
 
 APOLOGY = "You want to write a sincere apology to a friend after a family disagreement."
 TRIP = "You want to plan a cheap three-day trip to Lisbon in spring."

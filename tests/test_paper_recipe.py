@@ -85,8 +85,9 @@ def test_padded_rows_hold_one_conversation_each(tiny_tokenizer, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("launches")
 def test_platolm_paper_script_runs_its_first_steps(tiny_dir, env, tmp_path):  # noqa: F811
-    """scripts/sft_platolm_7b_paper.sh, shrunk by flags to the tiny model on 2 CPU processes."""
+    """scripts/sft_platolm_7b_paper.sh, shrunk by flags to the tiny model on 2 CPU processes (FSDP on a Llama)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     data, out = write_convs(tmp_path / "convs.json"), tmp_path / "out"

@@ -20,7 +20,7 @@ import pytest
 from core.conversation import (GPT, HUMAN, BadRecord, BadRecordSummary, Conversation, Turn, iter_conversations,
                                 parse_record, read_json_records)
 from model.dyadic import Template, default_system, show
-from tests.conftest import PYTHON, ROOT, env_offline
+from tests.conftest import PYTHON, ROOT, env_offline, run_main
 
 from data.clean import Cleaner, clean_text
 from data.split import Splitter, rejoin, round_starts
@@ -78,9 +78,15 @@ def write_truncated(path: Path, records: list[dict]) -> None:
     path.write_text(text[: text.rindex('"last"') + 3], encoding="utf-8")
 
 
-def prepare(*args, check=True):
-    proc = subprocess.run([PYTHON, "-m", "data.prepare", *map(str, args)], cwd=ROOT, env=env_offline(),
-                          capture_output=True, text=True, timeout=300)
+def prepare(*args, check=True, in_process=True):
+    """``python -m data.prepare ARGS``: in this process, or as a subprocess (the smoke test of the command)."""
+    if in_process:
+        from data.prepare import main
+
+        proc = run_main(main, args)
+    else:
+        proc = subprocess.run([PYTHON, "-m", "data.prepare", *map(str, args)], cwd=ROOT, env=env_offline(),
+                              capture_output=True, text=True, timeout=300)
     if check:
         assert proc.returncode == 0, proc.stderr
     return proc
@@ -499,9 +505,11 @@ def test_truncate_to_k_rounds(tmp_path):
 
 
 def test_the_chain_on_real_sharegpt_with_the_smollm2_alias(tmp_path, sharegpt_slice, smollm2_tokenizer):
-    """clean -> split -> stats as commands on real ShareGPT, with the command-line contract's options."""
+    """clean -> split -> stats as commands on real ShareGPT, with the command-line contract's options (the clean
+    step as a subprocess: the command's smoke test)."""
     clean, out, report = tmp_path / "clean.json", tmp_path / "split.json", tmp_path / "report.json"
-    prepare("clean", "--data", sharegpt_slice, "--out", clean, "--report", tmp_path / "clean_counts.json")
+    prepare("clean", "--data", sharegpt_slice, "--out", clean, "--report", tmp_path / "clean_counts.json",
+            in_process=False)
     cleaned = load(clean)
     counts = json.loads((tmp_path / "clean_counts.json").read_text())
     assert counts["read"] == 40 and counts["kept"] == len(cleaned) >= 30

@@ -180,9 +180,9 @@ def dolly_records() -> list[dict]:
              "response": words(i, "Response"), "category": c} for i, c in enumerate(cats)]
 
 
-def notebook_dolly(records: list[dict], n: int, seed: int) -> list[str]:
+def notebook_dolly_sample(records: list[dict], n: int, seed: int) -> list[dict]:
     """dolly.ipynb's steps: stratified_sampling(..., 'category', n, seed), the one missing open_qa record
-    appended, then the question of each (category sentence, instruction, context)."""
+    appended."""
     random.seed(seed)
     counts: dict = {}
     for r in records:
@@ -194,6 +194,12 @@ def notebook_dolly(records: list[dict], n: int, seed: int) -> list[str]:
         sample.extend(group if len(group) <= size else random.sample(group, size))
     assert len(sample) == n - 1  # the fixture reproduces the notebook's shortfall of one
     sample.append(next(r for r in records if r["category"] == "open_qa" and r not in sample))
+    return sample
+
+
+def notebook_dolly(records: list[dict], n: int, seed: int) -> list[str]:
+    """... then the question of each (category sentence, instruction, context)."""
+    sample = notebook_dolly_sample(records, n, seed)
     prefixes = {"closed_qa": "This is a Closed Question-Answering task.\n",
                 "summarization": "This is a Summarization task.\n",
                 "information_extraction": "This is a Information Extraction task.\n"}
@@ -217,8 +223,8 @@ def test_seeds_dolly_as_the_notebook(tmp_path):
     assert with_answer.returncode == 0
     qa = json.loads((tmp_path / "qa.json").read_text())
     assert [s["conversations"][0] for s in qa] == [s["conversations"][0] for s in seeds]
-    answers = {dolly_question(r, i, "f"): r["response"] for i, r in enumerate(records)}
-    assert all(s["conversations"][1]["value"] == answers[s["conversations"][0]["value"]] for s in qa)
+    assert [s["conversations"][1] for s in qa] == [{"from": "gpt", "value": r["response"]}
+                                                   for r in notebook_dolly_sample(records, 50, 125)]
 
 
 def test_dolly_question_rules():
@@ -322,13 +328,25 @@ def baize_input(i: int, rounds: int, unanswered: bool) -> str:
     return text + ("[|Human|] One more question nobody answered?" if unanswered else "[|Human|] ")
 
 
-def notebook_baize_parse(text: str) -> list[dict]:
-    import re
+def baize_turns(i: int, rounds: int) -> list[dict]:
+    """The conversation ``baize_input(i, rounds, ...)`` holds, written down directly (not parsed back)."""
+    return [{"from": role, "value": words(i + r, what)} for r in range(rounds)
+            for role, what in (("human", "Question"), ("gpt", "Answer"))]
 
-    text = re.sub(r"\[\|Human\|\].*$", "", text)
-    pieces = [p.strip() for p in re.split(r"(\[\|Human\|\]|\[\|AI\|\] )", text) if p.strip()][1:]
-    pieces = [p for p in pieces if p not in ("[|Human|]", "[|AI|]")]
-    return [{"from": "human" if i % 2 == 0 else "gpt", "value": p} for i, p in enumerate(pieces)]
+
+def test_baize_transcripts_parse_as_the_notebook_parsed_them():
+    """Hand-worked transcripts: the opening sentence dropped, turns stripped, a last [|Human|] line (answered by
+    nobody, or empty) cut, an answer over several lines kept whole."""
+    from data.baselines import parse_baize
+
+    text = ("The conversation between human and AI assistant.\n[|Human|] What is 2 + 2?\n[|AI|] It is 4.\n"
+            "[|Human|] And 3 + 3?\n[|AI|] Six:\n  3 + 3 = 6.\n[|Human|] Thanks, and 4 + 4?")
+    assert [(t.role, t.text) for t in parse_baize(text, "f", "r")] == [
+        (HUMAN, "What is 2 + 2?"), (GPT, "It is 4."), (HUMAN, "And 3 + 3?"), (GPT, "Six:\n  3 + 3 = 6.")]
+    text = "The conversation between human and AI assistant.\n[|Human|] Hi\n[|AI|] Hello!\n[|Human|] "
+    assert [(t.role, t.text) for t in parse_baize(text, "f", "r")] == [(HUMAN, "Hi"), (GPT, "Hello!")]
+    with pytest.raises(BadRecord, match="no \\[\\|Human"):
+        parse_baize("The conversation between human and AI assistant.\n[|Human|] ", "f", "r")
 
 
 def test_baseline_baize_as_the_notebook(tmp_path):
@@ -344,7 +362,8 @@ def test_baseline_baize_as_the_notebook(tmp_path):
     expected = notebook_parts([list(data["medical"]), list(data["quora"]), list(data["stackoverflow"])], 40, 125)
     got = json.loads(out.read_text())
     assert [g["topic"] for g in got] == [e["topic"] for e in expected]  # alpaca left out, as the original
-    assert [g["conversations"] for g in got] == [notebook_baize_parse(e["input"]) for e in expected]
+    drawn = [int(e["topic"].split()[-1]) for e in expected]  # "<part> topic <i>"
+    assert [g["conversations"] for g in got] == [baize_turns(i, 1 + i % 3) for i in drawn]
     assert "alpaca" not in proc.stderr.split("drew")[1].split("wrote")[0]
     with_alpaca = prepare("baseline", "--source", "baize", "--data", d, "--out", tmp_path / "all.json", "--n", 40,
                           "--exclude-part")

@@ -29,7 +29,8 @@ from model.dyadic import ROLE_TEMPLATE_MARK, SYSTEM_PROMPTS, Encoder, Template, 
 from model.role_template import INTENT_PROBE, derive_role_template, install_role_template
 from tests.conftest import PYTHON
 from tests.test_chat_template import EDGE
-from tests.test_simulate import Server, fault_server, free_port, read, servers, simulate  # noqa: F401 - a fixture
+from tests.servers import Server, fault_server, free_port
+from tests.test_simulate import read, simulate
 
 LLAMA3_TEMPLATE = (
     "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + "

@@ -21,6 +21,8 @@ CHAT = [{"role": "user", "content": "What is the capital of France?"},
         {"role": "assistant", "content": "Paris."},
         {"role": "user", "content": "Tell me a joke about cats."}]
 
+pytestmark = pytest.mark.xdist_group("serve")  # one worker: its module fixtures are built once
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -74,12 +76,9 @@ def gpt_server(tiny_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def human_server(smollm2_dir, tmp_path_factory):
-    """SmolLM2 as the user simulator (next human turn), no key."""
-    log = tmp_path_factory.mktemp("serve-human") / "server.log"
-    proc, url = start_server(log, "--model", "smollm2", "--role", "human")
-    yield url
-    stop_server(proc, log)
+def human_server(smollm2_simulator_server):
+    """SmolLM2 as the user simulator (next human turn), no key: the session's (tests/conftest.py)."""
+    return smollm2_simulator_server.url.removesuffix("/v1")
 
 
 @pytest.fixture(scope="module")
@@ -218,6 +217,7 @@ def test_eight_concurrent_clients_all_answered(gpt_server, tiny_gen):
     assert health["batched_requests"] >= 8 and health["batches"] >= 1
 
 
+@pytest.mark.xdist_group("smollm2-server")
 def test_human_role_writes_the_next_human_turn(human_server, smollm2_dir):
     """SmolLM2 as simulator: the reply is the next human turn, exactly as model.generate writes it."""
     c = client(human_server, key="unused")

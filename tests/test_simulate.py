@@ -1,4 +1,5 @@
-"""``python -m data.simulate`` end to end, as a subprocess, against real local servers on 127.0.0.1.
+"""``python -m data.simulate`` end to end (in this process; as a subprocess where it is interrupted), against real
+local servers on 127.0.0.1.
 
 The teacher is ``tests/fault_teacher.py`` (deterministic answers, injected 429/500/dropped
 connections/garbage/timeouts); the simulator is the project's own ``model.serve --role human`` with
@@ -12,7 +13,6 @@ import os
 import re
 import secrets
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -25,80 +25,19 @@ from model.dyadic import SOCRATIC_SYSTEM, Template
 from data.end_rules import EndRule
 from data.sessions_store import SessionStore
 from core.errors import UsageError
-from tests.conftest import PYTHON, ROOT, env_offline
+from tests.conftest import PYTHON, ROOT, env_offline, run_main
+from tests.servers import Server, fault_server, free_port
 
 FAULTS_ALL = "429,500,drop,garbage,empty,hang"
 
 
-class Server:
-    """A server subprocess whose output goes to a log file; stopped by its own pid."""
-
-    def __init__(self, cmd: list[str], log: Path, env: dict | None = None):
-        self.log = log
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env or env_offline(), stdout=open(log, "wb"),
-                                     stderr=subprocess.STDOUT)
-        self.url = ""
-
-    def wait_ready(self, url: str, timeout: float = 180) -> "Server":
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"server exited early:\n{self.log.read_text()[-3000:]}"
-            try:
-                if httpx.get(f"{url}/models", timeout=2).status_code in (200, 401):
-                    self.url = url
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"server not ready after {timeout}s:\n{self.log.read_text()[-3000:]}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-def fault_server(tmp: Path, name: str, *args: str, env: dict | None = None) -> Server:
-    port_file = tmp / f"{name}.port"
-    srv = Server([PYTHON, "-m", "tests.fault_teacher", "--port-file", str(port_file), *args],
-                 tmp / f"{name}.log", env)
-    deadline = time.monotonic() + 60
-    while not port_file.exists():
-        assert srv.proc.poll() is None and time.monotonic() < deadline, srv.log.read_text()
-        time.sleep(0.05)
-    return srv.wait_ready(f"http://127.0.0.1:{port_file.read_text()}/v1")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def serve_simulator(tmp: Path, model_path, name: str) -> Server:
-    port = free_port()
-    srv = Server([PYTHON, "-m", "model.serve", "--model", str(model_path), "--role", "human",
-                  "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"], tmp / f"{name}.log")
-    return srv.wait_ready(f"http://127.0.0.1:{port}/v1")
-
-
-@pytest.fixture
-def servers():
-    started: list[Server] = []
-    yield started
-    for srv in started:
-        srv.stop()
-
-
 def simulate(tmp: Path, *args: str, env: dict | None = None, log: str = "simulate.log",
              check: bool = True) -> subprocess.CompletedProcess:
-    with open(tmp / log, "ab") as out:
-        proc = subprocess.run([PYTHON, "-m", "data.simulate", *args], cwd=ROOT, env=env or env_offline(),
-                              stdout=out, stderr=subprocess.STDOUT, timeout=300)
+    """``python -m data.simulate ARGS``, in this process (tests/test_simulate.py's interrupted runs are the
+    subprocess smoke test), its output appended to ``tmp/log``."""
+    from data.simulate import main
+
+    proc = run_main(main, args, tmp / log, env)
     if check:
         assert proc.returncode == 0, (tmp / log).read_text()[-4000:]
     return proc
@@ -155,34 +94,43 @@ def test_faulty_teacher_still_yields_n_complete_sessions_and_the_key_stays_secre
 
 
 def test_kill_9_and_ctrl_c_then_rerun_ends_with_exactly_n_unique_sessions(tmp_path, servers):
+    """The teacher answers a set number of questions, then holds the rest: each interrupted run has written the
+    sessions it can and cannot finish before the signal, however fast or slow the machine."""
     servers.append(sim := fault_server(tmp_path, "sim", "--role", "human", "--latency", "0.03"))
-    servers.append(teacher := fault_server(tmp_path, "teacher", "--latency", "0.03", "--fault-every", "5"))
+    servers.append(teacher := fault_server(tmp_path, "teacher", "--latency", "0.03", "--fault-every", "5",
+                                           "--stall-after", "15"))
     out = tmp_path / "resume.jsonl"
-    n, turns = 24, 3
+    n, turns, concurrency = 24, 3, 3
     args = ["--simulator", sim.url, "--teacher-base-url", teacher.url, "--teacher-model", "t",
-            "--mode", "free", "--num-sessions", str(n), "--max-turns", str(turns), "--concurrency", "3",
+            "--mode", "free", "--num-sessions", str(n), "--max-turns", str(turns), "--concurrency", str(concurrency),
             "--out", str(out), "--retry-base-delay", "0.02"]
 
+    def let_through(more: int | None) -> None:
+        httpx.post(teacher.url.replace("/v1", "/stall"), json={"more": more}).raise_for_status()
+
     def run_until(lines: int, sig: int) -> int:
+        """Start a run, wait for ``lines`` sessions in the output (A answers finish at least
+        (A - (turns - 1) * concurrency) // turns of them), then signal it: it cannot have finished."""
         log = open(tmp_path / "interrupted.log", "ab")
         proc = subprocess.Popen([PYTHON, "-m", "data.simulate", *args], cwd=ROOT, env=env_offline(),
                                 stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 120
         while not (out.exists() and out.read_text().count("\n") >= lines):
-            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "interrupted.log").read_text()
+            assert proc.poll() is None, (tmp_path / "interrupted.log").read_text()
             time.sleep(0.02)
         os.kill(proc.pid, sig)
         return proc.wait(60)
 
-    assert run_until(3, signal.SIGKILL) == -signal.SIGKILL
+    assert run_until(3, signal.SIGKILL) == -signal.SIGKILL  # 15 answers: 3 to 5 sessions
     with open(out, "a") as f:  # a crash in the middle of a write leaves a torn line
         f.write('{"id": "free-0000')
     first = len(read_complete(out))
-    assert 3 <= first < n
+    assert 3 <= first <= 5
+    let_through(24)  # up to 3 of them go to the killed run's held requests: 3 to 8 more sessions
     assert run_until(first + 3, signal.SIGINT) == 130
     assert "interrupted" in (tmp_path / "interrupted.log").read_text()
     second = len(read(out))
-    assert first < second < n
+    assert first + 3 <= second <= first + 8 < n
+    let_through(None)
     simulate(tmp_path, *args)
     recs = read(out)
     ids = [r["id"] for r in recs]
@@ -195,10 +143,10 @@ def test_kill_9_and_ctrl_c_then_rerun_ends_with_exactly_n_unique_sessions(tmp_pa
     assert len(read(out)) == n and "nothing to do" in (tmp_path / "simulate.log").read_text()
 
 
-def test_sessions_that_run_out_of_retries_are_recorded_and_retried_next_run(tmp_path, servers):
-    servers.append(sim := fault_server(tmp_path, "sim", "--role", "human"))
+def test_sessions_that_run_out_of_retries_are_recorded_and_retried_next_run(tmp_path, servers, plain_simulator,
+                                                                           plain_teacher):
+    sim, healthy = plain_simulator, plain_teacher
     servers.append(broken := fault_server(tmp_path, "broken", "--fault-every", "1", "--faults", "500"))
-    servers.append(healthy := fault_server(tmp_path, "healthy"))
     out = tmp_path / "retry.jsonl"
     args = ["--simulator", sim.url, "--teacher-model", "t", "--num-sessions", "4", "--max-turns", "2",
             "--out", str(out), "--max-retries", "2", "--retry-base-delay", "0.01"]
@@ -259,7 +207,7 @@ def test_store_cuts_a_torn_last_line_and_keeps_the_rest(tmp_path):
 
 
 # -- seeded mode ---------------------------------------------------------------------------------
-def test_seeded_mode_keeps_the_first_round_verbatim_and_skips_seeds_that_cannot_fit(tmp_path, servers):
+def test_seeded_mode_keeps_the_first_round_verbatim_and_skips_seeds_that_cannot_fit(tmp_path, servers, plain_teacher):
     seeds = [{"id": f"s{i}", "conversations": [
         {"from": "human", "value": f"Seed question {i}: how do  tides\nwork?  "},
         {"from": "gpt", "value": f"Seed answer {i}: the Moon pulls the oceans.\n"},
@@ -274,7 +222,7 @@ def test_seeded_mode_keeps_the_first_round_verbatim_and_skips_seeds_that_cannot_
     seed_file = tmp_path / "seeds.json"
     seed_file.write_text(json.dumps(seeds))
     servers.append(sim := fault_server(tmp_path, "sim", "--role", "human", "--max-context", "1000"))
-    servers.append(teacher := fault_server(tmp_path, "teacher"))
+    teacher = plain_teacher
     out = tmp_path / "seeded.jsonl"
     simulate(tmp_path, "--simulator", sim.url, "--teacher-base-url", teacher.url, "--teacher-model", "t",
              "--mode", "seeded", "--seeds", str(seed_file), "--seed", "3", "--num-sessions", "6",
@@ -308,10 +256,11 @@ def test_seeded_mode_keeps_the_first_round_verbatim_and_skips_seeds_that_cannot_
     (95, 2048, 3),  # the server cuts Q4 short (finish_reason "length"): discarded
     (90, 2048, 2),  # the server answers 400 context_length_exceeded for Q4: round 3 goes too
 ])
-def test_context_budget_ends_sessions_at_the_right_place(tmp_path, servers, server_context, max_context, rounds):
+def test_context_budget_ends_sessions_at_the_right_place(tmp_path, servers, plain_teacher, server_context, max_context,
+                                                        rounds):
+    teacher = plain_teacher  # 12 words an answer, as the simulator's questions
     servers.append(sim := fault_server(tmp_path, "sim", "--role", "human", "--answer-words", "12",
                                        "--max-context", str(server_context)))
-    servers.append(teacher := fault_server(tmp_path, "teacher", "--answer-words", "12"))
     out = tmp_path / "budget.jsonl"
     simulate(tmp_path, "--simulator", sim.url, "--teacher-base-url", teacher.url, "--teacher-model", "t",
              "--num-sessions", "2", "--max-context", str(max_context), "--end-rule", "fit", "--simulator-system", "",
@@ -320,6 +269,14 @@ def test_context_budget_ends_sessions_at_the_right_place(tmp_path, servers, serv
         assert (rec["num_of_rounds"], rec["end_reason"]) == (rounds, "context_full")
         check_alternates(rec)
         assert sum(len(c["value"].split()) for c in rec["conversations"]) == 30 * rounds
+
+
+@pytest.fixture(scope="module")
+def short_teacher(tmp_path_factory):
+    """A teacher answering in 6 words (no faults), shared by this module's tiny-model simulations."""
+    srv = fault_server(tmp_path_factory.mktemp("short-teacher"), "teacher", "--answer-words", "6")
+    yield srv
+    srv.stop()
 
 
 def check_budget(recs: list[dict], tokenizer, max_context: int) -> None:
@@ -334,9 +291,9 @@ def check_budget(recs: list[dict], tokenizer, max_context: int) -> None:
         assert len(tokenizer(template.render(turns, SOCRATIC_SYSTEM).text)["input_ids"]) <= max_context
 
 
-def test_local_tiny_simulator_batches_sessions_and_respects_the_context_budget(tmp_path, servers, tiny_dir,
+def test_local_tiny_simulator_batches_sessions_and_respects_the_context_budget(tmp_path, short_teacher, tiny_dir,
                                                                              tiny_tokenizer):
-    servers.append(teacher := fault_server(tmp_path, "teacher", "--answer-words", "6"))
+    teacher = short_teacher
     out = tmp_path / "local.jsonl"
     simulate(tmp_path, "--simulator", str(tiny_dir), "--teacher-base-url", teacher.url, "--teacher-model", "t",
              "--num-sessions", "6", "--concurrency", "6", "--max-context", "400", "--max-new-tokens", "12",
@@ -349,9 +306,10 @@ def test_local_tiny_simulator_batches_sessions_and_respects_the_context_budget(t
     assert batches < questions  # several sessions' questions shared a generate call
 
 
-def test_served_tiny_simulator_respects_the_context_budget(tmp_path, servers, tiny_dir, tiny_tokenizer):
-    servers.append(sim := serve_simulator(tmp_path, tiny_dir, "serve-tiny"))
-    servers.append(teacher := fault_server(tmp_path, "teacher", "--answer-words", "6"))
+@pytest.mark.xdist_group("tiny-server")
+def test_served_tiny_simulator_respects_the_context_budget(tmp_path, short_teacher, tiny_simulator_server,
+                                                           tiny_tokenizer):
+    sim, teacher = tiny_simulator_server, short_teacher
     out = tmp_path / "served.jsonl"
     simulate(tmp_path, "--simulator", sim.url, "--teacher-base-url", teacher.url, "--teacher-model", "t",
              "--mode", "free", "--num-sessions", "4", "--concurrency", "4", "--max-context", "400",
@@ -359,9 +317,9 @@ def test_served_tiny_simulator_respects_the_context_budget(tmp_path, servers, ti
     check_budget(read(out), tiny_tokenizer, 400)
 
 
-def test_served_smollm2_simulator_end_to_end(tmp_path, servers, smollm2_dir):
-    servers.append(sim := serve_simulator(tmp_path, smollm2_dir, "serve-smollm2"))
-    servers.append(teacher := fault_server(tmp_path, "teacher"))
+@pytest.mark.xdist_group("smollm2-server")
+def test_served_smollm2_simulator_end_to_end(tmp_path, smollm2_simulator_server, plain_teacher):
+    sim, teacher = smollm2_simulator_server, plain_teacher
     out = tmp_path / "smollm2.jsonl"
     simulate(tmp_path, "--simulator", sim.url, "--teacher-base-url", teacher.url, "--teacher-model", "t",
              "--mode", "free", "--num-sessions", "2", "--max-turns", "2", "--concurrency", "2",
@@ -374,9 +332,9 @@ def test_served_smollm2_simulator_end_to_end(tmp_path, servers, smollm2_dir):
         assert rec["meta"]["usage"]["simulator_completion_tokens"] > 0
 
 
-def test_an_answer_cut_at_teacher_max_tokens_ends_the_session_unless_kept(tmp_path, servers):
+def test_an_answer_cut_at_teacher_max_tokens_ends_the_session_unless_kept(tmp_path, servers, plain_teacher):
     servers.append(sim := fault_server(tmp_path, "sim", "--role", "human", "--answer-words", "5"))
-    servers.append(teacher := fault_server(tmp_path, "teacher", "--answer-words", "12"))  # 15 words an answer
+    teacher = plain_teacher  # 15 words an answer
     common = ["--simulator", sim.url, "--teacher-base-url", teacher.url, "--teacher-model", "t",
               "--num-sessions", "2", "--max-turns", "2", "--teacher-max-tokens", "8"]
     cut = tmp_path / "cut.jsonl"
@@ -411,25 +369,33 @@ def test_paper_rule_keeps_every_finished_round_and_sessions_may_end_over_the_bud
     assert "sessions ended by: context_full 2" in (tmp_path / "simulate.log").read_text()
 
 
-@pytest.mark.parametrize("served", [False, True], ids=["local", "served"])
-def test_paper_rule_shows_the_simulator_only_the_latest_window(tmp_path, servers, tiny_dir, tiny_tokenizer, served):
-    servers.append(teacher := fault_server(tmp_path, "teacher", "--answer-words", "6"))
-    simulator = serve_simulator(tmp_path, tiny_dir, "serve-tiny") if served else None
-    if simulator:
-        servers.append(simulator)
+@pytest.mark.parametrize("served", [False, pytest.param(True, marks=pytest.mark.xdist_group("tiny-server"))],
+                         ids=["local", "served"])
+def test_paper_rule_shows_the_simulator_only_the_latest_window(tmp_path, short_teacher, tiny_dir, tiny_tokenizer,
+                                                               request, served):
+    teacher = short_teacher
+    simulator = request.getfixturevalue("tiny_simulator_server").url if served else str(tiny_dir)
     out = tmp_path / "window.jsonl"
-    simulate(tmp_path, "--simulator", simulator.url if served else str(tiny_dir), "--teacher-base-url", teacher.url,
+    simulate(tmp_path, "--simulator", simulator, "--teacher-base-url", teacher.url,
              "--teacher-model", "t", "--num-sessions", "3", "--concurrency", "3", "--max-context", "400",
              "--max-new-tokens", "12", "--out", str(out), "--device", "cpu")
     window = EndRule("paper", 400, 12).window
     assert window == 400 - 12 - 8
     template = Template(tiny_tokenizer, "dyadic")
-    for rec in read(out):
-        assert rec["end_reason"] == "context_full" and rec["meta"]["budget_counted_by"] == "tokenizer"
-        # the question that ended the session was asked from a conversation longer than the window
-        assert rec["meta"]["usage"]["simulator_input_tokens_max"] == window
-        turns = [Turn(c["from"], c["value"]) for c in rec["conversations"]]
-        assert len(tiny_tokenizer(template.render(turns, SOCRATIC_SYSTEM).text)["input_ids"]) > window
+    recs = read(out)
+    for rec in recs:
+        assert rec["meta"]["budget_counted_by"] == "tokenizer"
+        assert rec["meta"]["usage"]["simulator_input_tokens_max"] <= window  # never more than the window
+        # a random model may write an empty question (its EOS first, p ~ 1/400 a question); the paper's rule ends
+        # the session there, as the original did; nothing else ends a session here
+        assert rec["end_reason"] in ("context_full", "empty_question")
+        if rec["end_reason"] == "context_full":
+            # the question that ended the session was asked from a conversation longer than the window
+            assert rec["meta"]["usage"]["simulator_input_tokens_max"] == window
+            turns = [Turn(c["from"], c["value"]) for c in rec["conversations"]]
+            assert len(tiny_tokenizer(template.render(turns, SOCRATIC_SYSTEM).text)["input_ids"]) > window
+    # each session asks about ten questions: all three ending empty has a chance of about 1e-5
+    assert any(rec["end_reason"] == "context_full" for rec in recs)
 
 
 # -- the learned end, question-only seeds, role-play, several endpoints -----------------------------
@@ -438,9 +404,9 @@ def test_paper_rule_shows_the_simulator_only_the_latest_window(tmp_path, servers
     ("learned", 3, 2, "end_marker_suppressed"),  # too early: asked again, and again the marker
     ("paper", 1, 2, "end_marker_suppressed"),
 ])
-def test_learned_end_of_conversation(tmp_path, servers, rule, min_turns, rounds, reason):
+def test_learned_end_of_conversation(tmp_path, servers, plain_teacher, rule, min_turns, rounds, reason):
     servers.append(sim := fault_server(tmp_path, "sim", "--role", "human", "--end-after", "2"))
-    servers.append(teacher := fault_server(tmp_path, "teacher"))
+    teacher = plain_teacher
     out = tmp_path / "learned.jsonl"
     simulate(tmp_path, "--simulator", sim.url, "--teacher-base-url", teacher.url, "--teacher-model", "t",
              "--num-sessions", "2", "--end-rule", rule, "--min-turns", str(min_turns), "--max-turns", "6",
@@ -451,12 +417,11 @@ def test_learned_end_of_conversation(tmp_path, servers, rule, min_turns, rounds,
         assert rec["meta"]["usage"]["end_markers_suppressed"] == (0 if reason == "learned_end" else 4)
 
 
-def test_question_only_seeds_are_answered_by_the_teacher_first(tmp_path, servers):
+def test_question_only_seeds_are_answered_by_the_teacher_first(tmp_path, plain_simulator, plain_teacher):
     seeds = [{"id": f"d{i}", "category": "open_qa", "conversations": [{"from": "human", "value": f"Why {i}?"}]}
              for i in range(3)] + [{"id": "empty", "conversations": []}]
     (seed_file := tmp_path / "seeds.jsonl").write_text("\n".join(json.dumps(s) for s in seeds) + "\n")
-    servers.append(sim := fault_server(tmp_path, "sim", "--role", "human"))
-    servers.append(teacher := fault_server(tmp_path, "teacher"))
+    sim, teacher = plain_simulator, plain_teacher
     out = tmp_path / "dolly.jsonl"
     simulate(tmp_path, "--simulator", sim.url, "--teacher-base-url", teacher.url, "--teacher-model", "t",
              "--mode", "seeded", "--seeds", str(seed_file), "--num-sessions", "3", "--max-turns", "2",
@@ -470,10 +435,10 @@ def test_question_only_seeds_are_answered_by_the_teacher_first(tmp_path, servers
     assert "no turns" in (tmp_path / "simulate.log").read_text()  # the empty seed: named and skipped
 
 
-def test_roleplay_simulator_sends_the_prompt_with_the_transcript(tmp_path, servers):
+def test_roleplay_simulator_sends_the_prompt_with_the_transcript(tmp_path, servers, plain_teacher):
     log = tmp_path / "roleplay-requests.jsonl"
     servers.append(chat := fault_server(tmp_path, "chat", "--log-requests", str(log)))  # a chat model
-    servers.append(teacher := fault_server(tmp_path, "teacher"))
+    teacher = plain_teacher
     out = tmp_path / "roleplay.jsonl"
     simulate(tmp_path, "--simulator", chat.url, "--simulator-kind", "roleplay", "--teacher-base-url", teacher.url,
              "--teacher-model", "t", "--num-sessions", "2", "--max-turns", "2", "--out", str(out))
@@ -481,13 +446,13 @@ def test_roleplay_simulator_sends_the_prompt_with_the_transcript(tmp_path, serve
     assert len(recs) == 2 and all(r["meta"]["simulator_kind"] == "roleplay" for r in recs)
     requests = read(log)
     assert len(requests) == 4 and all([m["role"] for m in r["messages"]] == ["system"] for r in requests)
+    # each session's two requests, written out from the prompt file: the opening, then its own first round
     lines = (ROOT / "data/prompts/roleplay.txt").read_text().splitlines(keepends=True)
-    prompt = "".join(x for x in lines if "{intent}" not in x).split("{conversation}")[0]  # free: no intent line
-    second = [r["messages"][0]["content"] for r in requests if "Assistant: Answer" in r["messages"][0]["content"]]
-    assert len(second) == 2 and all(s.startswith(prompt) for s in second)
-    rec = recs[0]
-    assert f"User: {rec['conversations'][0]['value']}\n\nAssistant: {rec['conversations'][1]['value']}" in second[0] \
-        or f"User: {rec['conversations'][0]['value']}" in second[1]
+    prompt = "".join(x for x in lines if "{intent}" not in x)  # free mode: the intent's line is left out
+    expected = [prompt.replace("{conversation}", "(The conversation has not started yet.)")] * 2 + [
+        prompt.replace("{conversation}", f"User: {q['value']}\n\nAssistant: {a['value']}")
+        for q, a, *_ in (r["conversations"] for r in recs)]
+    assert sorted(r["messages"][0]["content"] for r in requests) == sorted(expected)
     bad = tmp_path / "bad-prompt.txt"
     bad.write_text("Act as a user.")
     proc = simulate(tmp_path, "--simulator", chat.url, "--simulator-kind", "roleplay", "--roleplay-prompt", str(bad),
@@ -497,12 +462,13 @@ def test_roleplay_simulator_sends_the_prompt_with_the_transcript(tmp_path, serve
     assert proc.returncode == 2 and str(bad) in text and "{conversation}" in text
 
 
-def test_roleplay_with_smollm2_playing_the_user(tmp_path, servers, smollm2_dir):
+@pytest.mark.slow
+def test_roleplay_with_smollm2_playing_the_user(tmp_path, servers, smollm2_dir, plain_teacher):
     port = free_port()
     servers.append(chat := Server([PYTHON, "-m", "model.serve", "--model", str(smollm2_dir), "--role", "gpt",
                                    "--template", "chat", "--port", str(port), "--device", "cpu"],
                                   tmp_path / "smollm2.log").wait_ready(f"http://127.0.0.1:{port}/v1"))
-    servers.append(teacher := fault_server(tmp_path, "teacher"))
+    teacher = plain_teacher
     out = tmp_path / "roleplay-smollm2.jsonl"
     simulate(tmp_path, "--simulator", chat.url, "--simulator-kind", "roleplay", "--teacher-base-url", teacher.url,
              "--teacher-model", "t", "--num-sessions", "1", "--max-turns", "2", "--max-new-tokens", "24",

@@ -9,15 +9,12 @@ import random
 import signal
 import socket
 import subprocess
-import threading
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import PYTHON, ROOT, env_offline
-from tests.test_simulate import servers  # noqa: F401 - a fixture
+from tests.conftest import PYTHON, ROOT, env_offline, run_main
 from tests.tiny import CORPUS
 
 SOCRATIC, PLATOLM = "model.sft_socratic.train", "model.sft_platolm.train"
@@ -55,8 +52,18 @@ def env(tmp_path_factory) -> dict:
     return e
 
 
-def run_cli(args: list[str], env: dict, timeout: int = 240) -> subprocess.CompletedProcess:
-    proc = subprocess.run([PYTHON, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+def run_cli(args: list[str], env: dict, timeout: int = 240, in_process: bool = False) -> subprocess.CompletedProcess:
+    """``python -m model.sft_*.train ...`` (``args`` start with ``-m MODULE``): a subprocess (the contract test is
+    each trainer's smoke test), or ``in_process`` (``env`` unused: pass ``--data-cache-dir`` where it matters)."""
+    if in_process:
+        import importlib
+
+        from model.train import main
+
+        role = importlib.import_module(args[1].rsplit(".", 1)[0])
+        proc = run_main(lambda argv: main(role.TRAIN_ROLE, role.SYSTEM_PROMPT, argv), args[2:])
+    else:
+        proc = subprocess.run([PYTHON, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     return proc
 
@@ -131,7 +138,8 @@ def test_contract_trains_saves_and_loss_goes_down(module, role, tiny_dir, convs,
     assert record["data_hash"] == "sha256:" + hashlib.sha256(convs.read_bytes()).hexdigest()
     assert record["conversations"] == {"train": 40, "eval": 0, "bad": 2}
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert mean_loss(out, convs, role) < mean_loss(tiny_dir, convs, role)
+    # 20 small steps lower the loss on the training data by ~0.019 (6.004 -> 5.985): a 0.005 margin, noise ~1e-5
+    assert mean_loss(out, convs, role) < mean_loss(tiny_dir, convs, role) - 0.005
 
 
 # -- the loss sits on the trained role only -----------------------------------------------------
@@ -170,25 +178,30 @@ def dialogues(last_role: str, change: str | None) -> list[dict]:
         for t, turn in enumerate(turns):
             if turn["from"] == change:
                 if (change == last_role and t == len(turns) - 1) or change != last_role:
-                    turn["value"] = "Sorted ( xs ) { keep an eye } on the mouse, 42 !"
+                    turn["value"] = "Sorted ( xs ) { keep an eye } on the mouse, 42 ! " * 4
         out.append({"id": f"d{i}", "conversations": turns})
     return out
 
 
 @pytest.mark.parametrize("role", ["human", "gpt"])
-def test_loss_only_on_the_trained_role(role, tiny_dir, tmp_path):
+def test_loss_only_on_the_trained_role(role, sharp_llama, tmp_path):
     """Socratic (human): rewriting the final assistant turns keeps the loss, rewriting human turns changes it.
-    PlatoLM (gpt): the reverse, with conversations that end on a human turn."""
+    PlatoLM (gpt): the reverse, with conversations that end on a human turn. The first step's loss is the one a
+    plain forward pass gives (no trainer), and the model with large random weights (``sharp_llama``) tells the
+    rewritten turns apart by far more than float noise (checked: a 0.05 margin, where noise is ~1e-5)."""
     other = "gpt" if role == "human" else "human"
     last = other  # the untrained role speaks last, so nothing trained comes after its change
     cache = tmp_path / "cache"
-    losses = {}
+    losses, direct = {}, {}
     for change in (None, other, role):
         data = tmp_path / f"{change or 'orig'}.json"
         data.write_text(json.dumps(dialogues(last, change)))
-        losses[change] = first_step_loss(role, tiny_dir, data, tmp_path, cache)
-    assert abs(losses[other] - losses[None]) < 1e-4, losses
-    assert abs(losses[role] - losses[None]) > 1e-2, losses
+        losses[change] = first_step_loss(role, sharp_llama, data, tmp_path, cache)
+        direct[change] = mean_loss(sharp_llama, data, role)
+    assert losses == pytest.approx(direct, rel=1e-5)
+    assert abs(direct[role] - direct[None]) > 0.05, direct  # the margin
+    assert losses[other] == pytest.approx(losses[None], rel=1e-5)
+    assert abs(losses[role] - losses[None]) > 0.05, losses
 
 
 # -- packing ------------------------------------------------------------------------------------
@@ -299,19 +312,18 @@ def test_pad_token_reuses_unk_then_eos_and_keeps_the_vocabulary(tiny_dir):
 @pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_the_next_run_resumes_from_it(tiny_dir, convs, env, tmp_path):
     out = tmp_path / "out"
-    args = contract_args(PLATOLM, tiny_dir, convs, out)
+    args = [*contract_args(PLATOLM, tiny_dir, convs, out), "--data-cache-dir", str(tmp_path / "cache")]
     args[args.index("--max-steps") + 1] = "100000"
     proc = subprocess.Popen([PYTHON, *args, "--logging-steps", "1"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     seen = bytearray()
-    reader = threading.Thread(target=lambda: [seen.extend(c) for c in iter(lambda: proc.stdout.read1(4096), b"")])
-    reader.start()
-    deadline = time.monotonic() + 180
-    while seen.count(b"'loss'") < 3 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
+    while seen.count(b"'loss'") < 3:  # the third logged step is the event (read1 waits for output, not for time)
+        chunk = proc.stdout.read1(4096)
+        assert chunk, f"the run ended before its third step:\n{seen.decode(errors='replace')[-3000:]}"
+        seen.extend(chunk)
     proc.send_signal(signal.SIGINT)
+    seen.extend(proc.stdout.read())
     rc = proc.wait(timeout=120)
-    reader.join()
     text = seen.decode(errors="replace")
     assert rc == 130, text[-3000:]
     assert "saving a checkpoint" in text and "run the same command again to resume" in text
@@ -321,7 +333,7 @@ def test_ctrl_c_saves_a_checkpoint_and_the_next_run_resumes_from_it(tiny_dir, co
     assert step >= 3
 
     args[args.index("--max-steps") + 1] = str(step + 2)
-    again = run_cli([*args, "--logging-steps", "1"], env)
+    again = run_cli([*args, "--logging-steps", "1"], env, in_process=True)
     assert f"resuming from {ckpts[0]}" in again.stderr
     assert "loaded from the datasets cache" in again.stderr  # tokenised once, by the first run
     history = json.loads((out / "trainer_state.json").read_text())
@@ -332,13 +344,31 @@ def test_ctrl_c_saves_a_checkpoint_and_the_next_run_resumes_from_it(tiny_dir, co
 
 # -- distributed --------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("script", sorted((ROOT / "scripts").glob("sft_*_7b*.sh")), ids=lambda p: p.name)
+def test_each_7b_script_launches_its_trainer_with_its_recipe(script):
+    """The launch command of every 7B script, printed instead of run (PYTHON=echo); two of them run for real:
+    the fast one below (FSDP on a Qwen2) and the paper one in tests/test_paper_recipe.py (FSDP on a Llama)."""
+    role = "socratic" if "socratic" in script.name else "platolm"
+    recipe = f"recipes/{role}_7b_{'paper' if script.stem.endswith('paper') else 'fsdp'}.yaml"
+    env = dict(env_offline(), PYTHON="echo", NPROC="2", MASTER_PORT="29501", MODEL="m", DATA="d", OUT="o")
+    proc = subprocess.run(["bash", str(script), "--max-steps", "3"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29501",
+                                   "-m", f"model.sft_{role}.train", "--config", recipe, "--model", "m",
+                                   "--data", "d", "--out", "o", "--max-steps", "3"]
+
+
 @pytest.mark.slow
-def test_7b_script_runs_its_recipe_under_torchrun_with_two_gloo_processes(tiny_dir, convs, env, tmp_path):
-    """scripts/sft_platolm_7b.sh with the paper's recipe, shrunk by flags to the tiny model on 2 CPU processes."""
+@pytest.mark.xdist_group("launches")
+def test_7b_script_runs_its_recipe_on_another_backbone_under_torchrun(tiny_tokenizer, convs, env, tmp_path):
+    """scripts/sft_platolm_7b.sh with its packed FSDP recipe unchanged, shrunk by flags to a tiny Qwen2 on 2 CPU
+    processes over gloo: FSDP wraps the backbone's own decoder layer (the recipe names none)."""
     from transformers import AutoModelForCausalLM
 
+    model_dir = tiny_backbone("qwen2", tiny_tokenizer, tmp_path / "qwen2")
     out = tmp_path / "out"
-    proc = run_7b_script("scripts/sft_platolm_7b.sh", tiny_dir, convs, out, env)
+    proc = run_7b_script("scripts/sft_platolm_7b.sh", model_dir, convs, out, env)
     assert "processes: 2" in proc.stderr
     assert proc.stderr.count("skipped 2 bad records") == 1  # the main process reports
     state = json.loads((out / "trainer_state.json").read_text())
@@ -347,8 +377,8 @@ def test_7b_script_runs_its_recipe_under_torchrun_with_two_gloo_processes(tiny_d
     record = json.loads((out / "platolm_run.json").read_text())
     assert record["conversations"] == {"train": 38, "eval": 2, "bad": 2}
     assert record["recipe"]["path"] == "recipes/platolm_7b_fsdp.yaml"
-    assert record["fsdp_layers_to_wrap"] == ["LlamaDecoderLayer"]  # the backbone's own, the recipe names none
-    AutoModelForCausalLM.from_pretrained(out)
+    assert record["fsdp_layers_to_wrap"] == ["Qwen2DecoderLayer"]
+    assert type(AutoModelForCausalLM.from_pretrained(out)).__name__ == "Qwen2ForCausalLM"
 
 
 # -- LoRA ---------------------------------------------------------------------------------------
@@ -362,7 +392,7 @@ def test_lora_on_smollm2_saves_a_merged_model(smollm2_dir, convs, env, tmp_path)
     run_cli(["-m", SOCRATIC, "--config", "recipes/tiny_cpu.yaml", "--model", "smollm2",
              "--data", str(convs), "--out", str(out), "--lora", "--lora-r", "4",
              "--lora-target-modules", "q_proj,v_proj", "--max-steps", "3", "--max-length", "128",
-             "--learning-rate", "1e-2"], env, timeout=400)
+             "--learning-rate", "1e-2"], env, in_process=True)
     assert not (out / "adapter_config.json").exists()
     merged = load_file(out / "model.safetensors")
     base = load_file(Path(smollm2_dir) / "model.safetensors")
@@ -381,7 +411,7 @@ def test_lora_adapter_save_loads_through_peft(tiny_dir, convs, env, tmp_path):
     out = tmp_path / "out"
     args = contract_args(SOCRATIC, tiny_dir, convs, out)
     args[args.index("--max-steps") + 1] = "2"
-    run_cli([*args, "--lora", "--lora-save", "adapter"], env)
+    run_cli([*args, "--lora", "--lora-save", "adapter"], env, in_process=True)
     assert (out / "adapter_config.json").exists() and (out / "tokenizer.json").exists()
     model = AutoModelForCausalLM.from_pretrained(out)  # base from adapter_config + the adapter
     assert any("lora_A" in n for n, _ in model.named_parameters())
@@ -505,76 +535,61 @@ def trained_runs(ids: list[int], labels: list[int], tokenizer) -> list[str]:
     return runs + ([tokenizer.decode(cur)] if cur else [])
 
 
-def train_to_end(tiny_dir, tmp_path):
-    """The tiny model trained with --end-token on eight one-round conversations that all ended; each answer is
-    the one tests/fault_teacher.py gives to that question, so a simulation against it stays in distribution."""
-    from core.conversation import HUMAN
-    from model.dyadic import END_OF_CONVERSATION, SOCRATIC_SYSTEM
-    from model.train import main
-    from tests.fault_teacher import _words
+def test_socratic_learns_to_end_conversations(socratic_that_ends, tiny_dir):
+    """The trainer with --end-token on two-round conversations that all ended: the marker becomes all but certain
+    after the last answer, and stays out of reach after the first answer and before the opening question (the
+    fixture checks the margin); greedy decoding then writes it, and the untrained model never would."""
+    from core.conversation import HUMAN, Turn
+    from model.dyadic import END_OF_CONVERSATION
+    from model.generate import Generator
+    from tests.tiny import FOLLOW_UP, MARGIN, end_probabilities
 
-    questions = [CORPUS[i % 6][:30 + i] for i in range(8)]
-    records = [{"id": f"e{i}", "conversations": [
-        {"from": "human", "value": q}, {"from": "gpt", "value": " ".join(["Answer", "1:", *_words(12, f"a1|{q}"), "."])}]}
-        for i, q in enumerate(questions)]
-    data, out = tmp_path / "ends.json", tmp_path / "out"
-    data.write_text(json.dumps(records))
-    assert main(HUMAN, SOCRATIC_SYSTEM, [
-        "--model", str(tiny_dir), "--data", str(data), "--out", str(out), "--end-token",
-        "--max-steps", "60", "--learning-rate", "1e-2", "--lr-scheduler-type", "constant",
-        "--per-device-train-batch-size", "8", "--packing", "false", "--save-strategy", "no", "--use-cpu",
-        "--report-to", "none", "--disable-tqdm", "true", "--data-cache-dir", str(tmp_path / "cache")]) == 0
-    record = json.loads((out / "platolm_run.json").read_text())
-    assert record["end_of_conversation"] == END_OF_CONVERSATION and record["ended_conversations"] == 8
-    return out, data
+    record = json.loads((socratic_that_ends.path / "platolm_run.json").read_text())
+    assert record["end_of_conversation"] == END_OF_CONVERSATION
+    assert record["ended_conversations"] == len(socratic_that_ends.records) == 4
+    p = socratic_that_ends.p
+    assert len(p["end"]) == len(p["go_on"]) == 4 and min(p["end"]) >= MARGIN and max(p["go_on"]) <= 1 - MARGIN
+    assert max(end_probabilities(tiny_dir, socratic_that_ends.records)["end"]) < 1e-6  # before training
 
-
-def test_socratic_learns_to_end_conversations(tiny_dir, tmp_path):
-    """A few dozen steps on conversations that all end: greedy generation after the last answer is the marker."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from core.conversation import HUMAN, iter_conversations
-    from model.dyadic import END_OF_CONVERSATION, SOCRATIC_SYSTEM, Template
-
-    out, data = train_to_end(tiny_dir, tmp_path)
-
-    def next_human_turn(model_dir, turns) -> str:
-        tok, model = AutoTokenizer.from_pretrained(model_dir), AutoModelForCausalLM.from_pretrained(model_dir)
-        ids = tok(Template(tok).prompt_for(turns, HUMAN, SOCRATIC_SYSTEM), return_tensors="pt").input_ids
-        gen = model.generate(ids, max_new_tokens=24, do_sample=False, eos_token_id=tok.eos_token_id,
-                             pad_token_id=tok.pad_token_id)
-        return tok.decode(gen[0, ids.shape[1]:], skip_special_tokens=True)
-
-    convs = list(iter_conversations(data))
-    assert all(next_human_turn(out, c.turns) == END_OF_CONVERSATION for c in convs)
-    assert next_human_turn(out, []) != END_OF_CONVERSATION  # the opening question is a question
-    assert next_human_turn(tiny_dir, convs[0].turns) != END_OF_CONVERSATION
+    gen = Generator(str(socratic_that_ends.path), device="cpu")
+    convs = [[Turn(t["from"], t["value"]) for t in r["conversations"]] for r in socratic_that_ends.records]
+    greedy = gen.generate([*convs, *(c[:2] for c in convs)], HUMAN, temperature=0, max_new_tokens=24)
+    assert [c.text for c in greedy] == [END_OF_CONVERSATION] * 4 + [FOLLOW_UP] * 4
 
 
 @pytest.mark.slow
-def test_a_trained_end_marker_ends_simulated_sessions(tiny_dir, tmp_path, servers):  # noqa: F811
-    """The round trip: trainer --end-token -> (served or loaded) simulator -> data.simulate --end-rule learned."""
+def test_a_trained_end_marker_ends_simulated_sessions(socratic_that_ends, tmp_path, servers, plain_teacher):
+    """The round trip: trainer --end-token -> (served or loaded) simulator -> data.simulate --end-rule learned.
+    Each session starts from a training conversation's first round, answered by the server the answers came from,
+    so every context the simulator meets has one outcome by the fixture's margin: the follow-up, then the marker."""
     from model.dyadic import END_OF_CONVERSATION
-    from tests.test_simulate import fault_server, read, serve_simulator, simulate
+    from tests.servers import serve_simulator
+    from tests.test_simulate import read, simulate
 
-    socratic, _ = train_to_end(tiny_dir, tmp_path)
-    servers.append(teacher := fault_server(tmp_path, "teacher"))
+    socratic = socratic_that_ends.path
+    seeds = tmp_path / "seeds.json"
+    seeds.write_text(json.dumps([{"id": r["id"], "conversations": r["conversations"][:2]}
+                                 for r in socratic_that_ends.records]))
+    teacher = plain_teacher
     servers.append(served := serve_simulator(tmp_path, socratic, "socratic"))
     runs = {}
     for name, rule, simulator in (("learned", "learned", str(socratic)), ("served", "learned", served.url),
                                   ("paper", "paper", str(socratic))):
         runs[name] = tmp_path / f"{name}.jsonl"
         simulate(tmp_path, "--simulator", simulator, "--teacher-base-url", teacher.url, "--teacher-model", "t",
-                 "--mode", "free", "--num-sessions", "4", "--end-rule", rule,
-                 "--min-turns", "1", "--max-turns", "3", "--simulator-temperature", "0.01", "--max-new-tokens", "24",
+                 "--mode", "seeded", "--seeds", str(seeds), "--num-sessions", "4", "--end-rule", rule,
+                 "--min-turns", "1", "--max-turns", "4", "--simulator-temperature", "0.01", "--max-new-tokens", "24",
                  "--max-context", "512", "--out", str(runs[name]))
+    trained = {r["id"]: r["conversations"] for r in socratic_that_ends.records}
     for name in ("learned", "served"):
         sessions = read(runs[name])
-        ended = [r for r in sessions if r["end_reason"] == "learned_end"]
-        assert len(sessions) == 4 and len(ended) >= 2 and all(r["num_of_rounds"] == 1 for r in ended), name
+        assert len(sessions) == 4, name
+        for r in sessions:
+            assert (r["end_reason"], r["num_of_rounds"]) == ("learned_end", 2), name
+            assert r["conversations"] == trained[r["seed_id"]], name
     paper = read(runs["paper"])
-    assert all(r["end_reason"] != "learned_end" for r in paper)  # the paper's rule never stops at the marker
-    assert any(r["meta"]["usage"]["end_markers_suppressed"] for r in paper)
+    assert len(paper) == 4 and all(r["end_reason"] != "learned_end" for r in paper)  # the paper's rule goes on
+    assert all(r["meta"]["usage"]["end_markers_suppressed"] >= 1 for r in paper)
     assert all(END_OF_CONVERSATION not in t["value"] for f in runs.values() for r in read(f) for t in r["conversations"])
 
 
@@ -656,17 +671,3 @@ def test_fsdp_wraps_the_layer_class_the_backbone_declares(kind, layer, tiny_toke
     monkeypatch.setenv("FSDP_TRANSFORMER_CLS_TO_WRAP", "")  # unset: accelerate's config names no class
     assert fill_fsdp_wrap(plain, model) == [layer]
     assert os.environ["FSDP_TRANSFORMER_CLS_TO_WRAP"] == layer
-
-
-@pytest.mark.slow
-def test_another_backbone_trains_through_the_fsdp_recipe(tiny_tokenizer, convs, env, tmp_path):
-    """The packed FSDP recipe, unchanged, on a tiny Qwen2 under torchrun (2 CPU processes)."""
-    from transformers import AutoModelForCausalLM
-
-    model_dir = tiny_backbone("qwen2", tiny_tokenizer, tmp_path / "qwen2")
-    out = tmp_path / "out"
-    run_7b_script("scripts/sft_socratic_7b.sh", model_dir, convs, out, env)
-    record = json.loads((out / "platolm_run.json").read_text())
-    assert record["fsdp_layers_to_wrap"] == ["Qwen2DecoderLayer"]
-    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 3
-    assert type(AutoModelForCausalLM.from_pretrained(out)).__name__ == "Qwen2ForCausalLM"

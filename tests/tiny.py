@@ -60,3 +60,58 @@ def make_llama(out_dir: str | Path, tokenizer=None, hidden: int = 32, layers: in
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return model
+
+
+# -- a tiny Socratic that learned to end conversations (fixture ``socratic_that_ends``) -------------------------
+FOLLOW_UP = "Can you say more about that?"
+# what "all but certain" means: p >= MARGIN for the one outcome, <= 1 - MARGIN for the other; float noise across
+# processors is orders of magnitude smaller, and greedy decoding or sampling at temperature 0.01 follows it
+MARGIN = 0.9
+
+
+def ending_conversations(n: int = 4) -> list[dict]:
+    """Two-round conversations that all ended (ShareGPT records): an opening question, the answer
+    tests/fault_teacher.py gives to it, the same follow-up question, that server's answer to it; so a simulation
+    seeded with a first round and answered by that server meets exactly what the model was trained on."""
+    from tests.fault_teacher import teacher_answer
+
+    records = []
+    for i in range(n):
+        q = CORPUS[i][:24 + 3 * i].strip()
+        turns = [q, teacher_answer(1, q), FOLLOW_UP, teacher_answer(2, FOLLOW_UP)]
+        records.append({"id": f"end{i}", "conversations": [
+            {"from": ("human", "gpt")[k % 2], "value": text} for k, text in enumerate(turns)]})
+    return records
+
+
+def continuation_probability(model, tokenizer, prompt_ids: list[int], text: str) -> float:
+    """p(the model writes ``text`` then its EOS | prompt ids): one forward pass, float64 log-probabilities."""
+    import torch
+
+    cont = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt_ids + cont])).logits[0, len(prompt_ids) - 1:-1].double()
+    return torch.log_softmax(logits, -1).gather(1, torch.tensor(cont)[:, None]).sum().exp().item()
+
+
+def end_probabilities(model_dir, records: list[dict]) -> dict[str, list[float]]:
+    """p(end marker) after every answer, split by whether the conversation ends there (``end``/``go_on``), p(end
+    marker) before the first question (``opening``) and p(the follow-up question) after each first answer, all as
+    the simulator prompts the model (model.generate's dyadic prompt with Socratic's system prompt)."""
+    from core.conversation import HUMAN, Turn
+    from model.dyadic import END_OF_CONVERSATION
+    from model.generate import Generator
+
+    gen = Generator(str(model_dir), device="cpu", dtype="float32")
+    out: dict[str, list[float]] = {"end": [], "go_on": [], "follow_up": [], "opening": []}
+
+    def p(turns, text):
+        return continuation_probability(gen.model, gen.tokenizer, gen.prompt_ids(turns, HUMAN), text)
+
+    out["opening"].append(p([], END_OF_CONVERSATION))
+    for rec in records:
+        turns = [Turn(t["from"], t["value"]) for t in rec["conversations"]]
+        for k in range(2, len(turns) + 1, 2):
+            out["end" if k == len(turns) else "go_on"].append(p(turns[:k], END_OF_CONVERSATION))
+        out["follow_up"].append(p(turns[:2], FOLLOW_UP))
+    return out
