@@ -46,7 +46,7 @@ $(ALPACA_VENV)/.installed: Makefile
 	$(ALPACA_VENV)/bin/pip install -q --disable-pip-version-check $(ALPACA_PKGS)
 	touch $@
 
-demo: setup
+demo: $(STAMP) $(MT_BENCH)  # not AlpacaEval's venv or DeepSpeed's op: the demo uses neither
 	$(BIN)/python -m scripts.demo $(DEMO_ARGS)
 
 test: setup
