@@ -187,7 +187,7 @@ class Engine:
     def _settle_all(self, done: set[asyncio.Task], settle: Callable[[Outcome], None]) -> None:
         """Settle every finished job, then raise the first error (a fatal call, or a callback's): none is lost."""
         errors = []
-        for task in done:
+        for task in [t for t in self._running if t in done]:  # in start order: the log's order is reproducible
             self._running.pop(task)
             if task.exception() is not None:
                 errors.append(task.exception())
