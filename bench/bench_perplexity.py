@@ -92,7 +92,18 @@ def memory_check(small: int, large: int, max_length: int) -> dict:
             "memory_ratio": round(peaks[large] / peaks[small], 3)}
 
 
-def main(argv: list[str] | None = None) -> None:
+def print_figures(figures: dict, t_batched: float, t_loop: float, n: int, n_looped: int) -> None:
+    print(f"batched: {figures['batched_s_per_conv']:.3f} s/conversation ({t_batched:.1f} s for {n})")
+    print(f"loop:    {figures['loop_s_per_conv']:.3f} s/conversation ({t_loop:.1f} s for {n_looped}, "
+          f"{figures['loop_tokens_per_conv']} tokens each on average)")
+    print(f"speed-up of batched over the loop: {figures['speedup']}x  (target >= 2x)")
+    print(f"NLL on the loop's {n_looped} conversations: batched {figures['nll_batched']}, "
+          f"loop {figures['nll_loop']} "
+          f"(ppl {math.exp(figures['nll_batched']):.3f} / {math.exp(figures['nll_loop']):.3f}); "
+          f"peak RSS {figures['peak_rss_mib']} MiB")
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.bench_perplexity", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="smollm2")
     p.add_argument("--template", default="chat")
@@ -104,7 +115,11 @@ def main(argv: list[str] | None = None) -> None:
     add_flag(p, "--out", "--json", help="also write the figures here")
     p.add_argument("--memory", nargs=2, type=int, metavar=("SMALL", "LARGE"),
                    help="only compare the CLI's peak memory on SMALL and LARGE conversations (tiny model)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     if args.memory:
         figures = memory_check(*args.memory, args.max_context)
         print(f"peak memory, {args.memory[1]} / {args.memory[0]} conversations: {figures['memory_ratio']}x "
@@ -143,14 +158,7 @@ def main(argv: list[str] | None = None) -> None:
                "speedup": round(per_l / per_b, 2), "nll_batched": round(b_total / b_count, 6),
                "nll_loop": round(loop_total / loop_count, 6), "scored_tokens_looped": b_count,
                "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
-    print(f"batched: {per_b:.3f} s/conversation ({t_batched:.1f} s for {len(rows)})")
-    print(f"loop:    {per_l:.3f} s/conversation ({t_loop:.1f} s for {len(looped)}, "
-          f"{figures['loop_tokens_per_conv']} tokens each on average)")
-    print(f"speed-up of batched over the loop: {figures['speedup']}x  (target >= 2x)")
-    print(f"NLL on the loop's {len(looped)} conversations: batched {figures['nll_batched']}, "
-          f"loop {figures['nll_loop']} "
-          f"(ppl {math.exp(figures['nll_batched']):.3f} / {math.exp(figures['nll_loop']):.3f}); "
-          f"peak RSS {figures['peak_rss_mib']} MiB")
+    print_figures(figures, t_batched, t_loop, len(rows), len(looped))
     assert b_count == loop_count and abs(b_total - loop_total) <= 1e-3 * loop_total, "the two computations disagree"
     if args.out:
         with open(args.out, "w") as f:

@@ -85,7 +85,7 @@ class Trainee:
             self.computed += b["input_ids"].numel()
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.bench_train", description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=256, help="ShareGPT conversations (the first N usable ones)")
     p.add_argument("--max-length", type=int, default=2048, help="tokens per conversation / packed row")
@@ -95,37 +95,65 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=0)
     add_flag(p, "--out", "--json", help="also write the figures to this file")
-    args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    return p
 
-    tokenizer = load_tokenizer("smollm2" if args.model is None else args.model)
-    ensure_pad_token(tokenizer)
-    encoder = Encoder(tokenizer, GPT, max_length=args.max_length)
+
+def encoded_sharegpt(tokenizer, n: int, max_length: int):
+    """The first ``n`` usable ShareGPT conversations, encoded for PlatoLM."""
+    encoder = Encoder(tokenizer, GPT, max_length=max_length)
     summary = BadRecordSummary(show_first=0)
     source = sharegpt_file()
-    encoded = Dataset.from_list(list(itertools.islice(
+    return source, Dataset.from_list(list(itertools.islice(
         (r for r in encoder.encode_many(iter_conversations(source, False, summary), str(source))
-         if isinstance(r, dict)), args.n)))
+         if isinstance(r, dict)), n)))
+
+
+def trainees_by_mode(args, path, tokenizer, encoded, lengths) -> tuple[dict, dict]:
+    """A padded and a packed trainee of the same model, and each mode's epoch figures."""
+    trainees, results = {}, {}
+    for mode in ("padded", "packed"):
+        if mode == "packed":
+            bins = pack_bins(lengths, args.max_length)
+            collator = PackingCollator(tokenizer.pad_token_id)
+        else:
+            bins = [[i] for i in range(len(encoded))]
+            collator = PaddingCollator(tokenizer.pad_token_id)
+        rows, sizes = Rows(encoded, bins), row_lengths(lengths, bins)
+        batches = shuffled_batches(len(rows), args.batch, args.seed)
+        real, computed = epoch_efficiency(sizes, batches)
+        torch.manual_seed(args.seed)
+        model = load_model(path, tokenizer, ModelArguments(attn_implementation="sdpa"), LoraArguments())
+        trainees[mode] = Trainee(model.train(), rows, collator, batches)
+        results[mode] = {"rows": len(rows), "steps_per_epoch": len(batches), "real_tokens": real,
+                         "computed_tokens": computed, "padding_efficiency": real / computed}
+    return trainees, results
+
+
+def print_table(report: dict, results: dict, timed: float, epoch: float) -> None:
+    print(f"{report['data']}; model: {report['model']}; batch {report['batch']}; {report['threads']} threads")
+    print(f"{'':8} {'--- one epoch ---':^40} {'--- timed steps ---':^44}")
+    print(f"{'mode':8} {'rows':>5} {'steps':>5} {'real tok':>9} {'computed':>9} {'pad eff':>7} "
+          f"{'steps':>5} {'pad eff':>7} {'sec':>6} {'comp tok/s':>10} {'real tok/s':>10} {'epoch real tok/s':>16}")
+    for mode, r in results.items():
+        print(f"{mode:8} {r['rows']:5d} {r['steps_per_epoch']:5d} {r['real_tokens']:9d} {r['computed_tokens']:9d} "
+              f"{r['padding_efficiency']:7.3f} {r['timed_steps']:5d} {r['timed_padding_efficiency']:7.3f} "
+              f"{r['seconds']:6.1f} {r['computed_tokens_per_s']:10.0f} {r['real_tokens_per_s']:10.0f} "
+              f"{r['epoch_real_tokens_per_s']:16.0f}")
+    print(f"packed / padded real tokens/s: {timed:.2f}x on the timed steps, "
+          f"{epoch:.2f}x over an epoch (padding efficiency x computed tokens/s)")
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tokenizer = load_tokenizer("smollm2" if args.model is None else args.model)
+    ensure_pad_token(tokenizer)
+    source, encoded = encoded_sharegpt(tokenizer, args.n, args.max_length)
     lengths = [len(ids) for ids in encoded["input_ids"]]
     with tempfile.TemporaryDirectory() as tmp:
         path = resolve(args.model) if args.model else small_llama(tokenizer, tmp)
-        trainees, results = {}, {}
-        for mode in ("padded", "packed"):
-            if mode == "packed":
-                bins = pack_bins(lengths, args.max_length)
-                collator = PackingCollator(tokenizer.pad_token_id)
-            else:
-                bins = [[i] for i in range(len(encoded))]
-                collator = PaddingCollator(tokenizer.pad_token_id)
-            rows, sizes = Rows(encoded, bins), row_lengths(lengths, bins)
-            batches = shuffled_batches(len(rows), args.batch, args.seed)
-            real, computed = epoch_efficiency(sizes, batches)
-            torch.manual_seed(args.seed)
-            model = load_model(path, tokenizer, ModelArguments(attn_implementation="sdpa"), LoraArguments())
-            trainees[mode] = Trainee(model.train(), rows, collator, batches)
-            results[mode] = {"rows": len(rows), "steps_per_epoch": len(batches), "real_tokens": real,
-                             "computed_tokens": computed, "padding_efficiency": real / computed}
+        trainees, results = trainees_by_mode(args, path, tokenizer, encoded, lengths)
         # alternate the two modes step by step, so that a busy machine slows both alike;
         # step 0 of each warms up the allocator and kernels and is not timed
         for k in tqdm(range(args.steps + 1), desc="steps (padded + packed)", file=sys.stderr):
@@ -146,17 +174,7 @@ def main(argv=None) -> int:
               "model": args.model or "random Llama 4x256, SmolLM2 tokenizer", "batch": args.batch,
               "threads": torch.get_num_threads(), **results,
               "packed_vs_padded_real_tokens_per_s_timed": timed, "packed_vs_padded_real_tokens_per_s_epoch": epoch}
-    print(f"{report['data']}; model: {report['model']}; batch {args.batch}; {report['threads']} threads")
-    print(f"{'':8} {'--- one epoch ---':^40} {'--- timed steps ---':^44}")
-    print(f"{'mode':8} {'rows':>5} {'steps':>5} {'real tok':>9} {'computed':>9} {'pad eff':>7} "
-          f"{'steps':>5} {'pad eff':>7} {'sec':>6} {'comp tok/s':>10} {'real tok/s':>10} {'epoch real tok/s':>16}")
-    for mode, r in results.items():
-        print(f"{mode:8} {r['rows']:5d} {r['steps_per_epoch']:5d} {r['real_tokens']:9d} {r['computed_tokens']:9d} "
-              f"{r['padding_efficiency']:7.3f} {r['timed_steps']:5d} {r['timed_padding_efficiency']:7.3f} "
-              f"{r['seconds']:6.1f} {r['computed_tokens_per_s']:10.0f} {r['real_tokens_per_s']:10.0f} "
-              f"{r['epoch_real_tokens_per_s']:16.0f}")
-    print(f"packed / padded real tokens/s: {timed:.2f}x on the timed steps, "
-          f"{epoch:.2f}x over an epoch (padding efficiency x computed tokens/s)")
+    print_table(report, results, timed, epoch)
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:
             json.dump(report, f, indent=2)
