@@ -2,8 +2,8 @@
 
 1. trainer throughput and MFU: a 1B-shaped Llama (TinyLlama-1.1B's shape, random weights) trained on real
    ShareGPT with packing, bf16 and flash-attention 2 (SDPA where flash_attn is not installed);
-2. ``vllm serve`` of a freshly trained small Socratic through the dyadic chat template its trainer saved,
-   driving a 64-session ``data.simulate`` run against a local teacher;
+2. ``vllm serve`` of a freshly trained small Socratic (``--template chat``: SmolLM2's own template, which its
+   trainer saved wrapped to open the *user's* turn) with no template given to vLLM, driving a 64-session ``data.simulate`` run against a local teacher;
 3. the ``gpu``-marked tests, among them vLLM vs HF ``generate`` equality on greedy decoding.
 
 Every stage is one of the project's commands, printed before it runs. The figures go to
@@ -111,10 +111,10 @@ def throughput(out: Path, params: int, steps: int, dry: bool) -> dict:
 
 
 def socratic_on_vllm(out: Path, sessions: int, dry: bool) -> dict:
-    """Stage 2: train a small Socratic (dyadic template), serve it with vLLM, simulate against a local teacher."""
+    """Stage 2: train a small chat-template Socratic, serve it with vLLM as saved, simulate against a local teacher."""
     socratic, chat = out / "socratic-smollm2", out / "socraticchat.jsonl"
     run([PY, "-m", "model.sft_socratic.train", "--model", "smollm2", "--data", out / "sharegpt.json",
-         "--out", socratic, "--bf16", "--max-length", 1024,
+         "--out", socratic, "--template", "chat", "--bf16", "--max-length", 1024,
          "--per-device-train-batch-size", 8, "--max-steps", 60, "--learning-rate", "5e-5",
          "--save-strategy", "no", "--report-to", "none", "--auto-resume", "false"], dry)
     port = free_port()
@@ -153,7 +153,7 @@ def record(results: dict, out: Path) -> None:
         MARKER, "## GPU check (`make gpu-check`)", "",
         f"{t['gpu']}, {time.strftime('%Y-%m-%d')}: 1B-shaped Llama ({t['params'] / 1e9:.2f}B), packed 2048-token rows, "
         f"bf16, {t['attention']}: **{t['tokens_per_s']:,} tokens/s, MFU {t['mfu']}** (6N flops per token).",
-        f"vLLM serving a trained Socratic (dyadic chat template): {s['sessions']} sessions, {s['rounds']} rounds in "
+        f"vLLM serving a trained chat-template Socratic as saved: {s['sessions']} sessions, {s['rounds']} rounds in "
         f"{s['seconds_with_vllm_start']} s including the server's start. GPU tests: {results['gpu_tests']}.",
         MARKER])
     readme = ROOT / "bench" / "README.md"
