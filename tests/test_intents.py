@@ -41,7 +41,8 @@ def start_servers(tmp: Path, **roles: list[str]) -> dict[str, Server]:
 def stubs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("intent-stubs")
     started = start_servers(tmp, writer=["--latency", "0.2"], teacher=[], ignore=["--role", "human"],
-                            copy=["--role", "human", "--copy-intent"], empty=["--role", "human", "--misbehave", "empty"])
+                            copy=["--role", "human", "--copy-intent"], empty=["--role", "human", "--misbehave", "empty"],
+                            judge=["--role", "judge", "--unsure-every", "4"])
     yield {name: srv.url for name, srv in started.items()}
     for srv in started.values():
         srv.stop()
@@ -281,6 +282,12 @@ def test_intent_adherence_discriminates_and_leakage_sees_a_copy(many_intents, st
     assert copying["goal_leakage"] > 0.95 and ignoring["goal_leakage"] < 0.2  # their first turns
     sessions = read(tmp_path / "ignore.jsonl")  # the sessions: the intent kept, never sent to the teacher
     assert len(sessions) == N_INTENTS and all(s["intent"] and s["num_of_rounds"] == 2 for s in sessions)
+    # a judge's 1-10: a reply without a rating is an error, counted, never scored; a rerun asks nothing again
+    judged = [measure("intent-adherence", "--data", tmp_path / "ignore.jsonl", "--n", "12", "--judge-model", "j",
+                      "--judge-base-url", stubs["judge"], "--out", tmp_path / "judged.json") for _ in range(2)]
+    assert judged[0]["judge_num_judged"] == 12 and judged[0]["judge_num_errors"] == 3  # every 4th reply
+    assert 1 <= judged[0]["intent_judge"] <= 10 and judged[1] == judged[0]
+    assert len(read(tmp_path / "judged.judgments.jsonl")) == 12
     leaked = measure("goal-leakage", "--base-url", stubs["copy"], "--intents", many_intents, "--n", "20")
     assert leaked["goal_leakage"] > 0.95 and leaked["goal_leakage_n"] == 20
     assert measure("goal-leakage", "--data", tmp_path / "ignore.jsonl")["goal_leakage"] < 0.2
