@@ -86,8 +86,10 @@ class IntentWriter:
 
     @property
     def identity(self) -> dict:
-        """What wrote an intent: a log written otherwise is not continued."""
-        digest = lambda text: text and hashlib.sha256(text.encode()).hexdigest()[:12]  # noqa: E731
+        """What wrote an intent (the model, and digests of the prompts): a log written otherwise is not continued."""
+        def digest(text: str | None) -> str | None:
+            return text and hashlib.sha256(text.encode()).hexdigest()[:12]
+
         return {"model": self.endpoint.model, "prompt": digest(self.prompt),
                 "persona_prompt": digest(self.persona_prompt)}
 

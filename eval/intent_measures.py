@@ -100,7 +100,8 @@ def goal_leakage(pairs: Sequence[tuple[str, str]], prefix: str = "") -> dict:
     shares = [leakage(intent, first) for intent, first in pairs]
     words, grams = leakage_summary([s[0] for s in shares]), leakage_summary([s[1] for s in shares])
     return {f"{prefix}goal_leakage": words["mean"], f"{prefix}goal_leakage_3gram": grams["mean"],
-            f"{prefix}goal_leakage_median": words["median"], f"{prefix}goal_leakage_distribution": words["distribution"],
+            f"{prefix}goal_leakage_median": words["median"],
+            f"{prefix}goal_leakage_distribution": words["distribution"],
             f"{prefix}goal_leakage_n": words["n"]}
 
 

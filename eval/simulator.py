@@ -283,7 +283,8 @@ def perplexity(args) -> dict:
                          "return the log-probabilities of a given conversation's tokens")
     scorer, encoder, max_length = local_scorer(args)
     options = {"model": str(args.model), "data": str(args.data), "template": args.template,
-               "max_length": max_length, "system": args.system, **({"condition": args.condition} if args.condition else {})}
+               "max_length": max_length, "system": args.system,
+               **({"condition": args.condition} if args.condition else {})}
     details = Details(args.details, options)
     summary, counts = BadRecordSummary(), Counter()
     convs = iter_input(args.data, summary=summary)
@@ -765,12 +766,14 @@ async def _intent_sessions(args, records: Sequence) -> tuple[dict, str]:
 
 
 def intent_adherence(args) -> dict:
-    from eval.intent_measures import first_round_end, match_intents, measured
+    from eval.intent_measures import first_round_end, load_judge_prompt, match_intents, measured
 
+    judge_prompt = load_judge_prompt(args.judge_prompt_file) if args.judge_model else None  # before any work
     if args.data:
         summary = BadRecordSummary()
         convs = measured(*real_conversations(args.data, args.n, summary))
-        source, extra = {"data": str(args.data)}, {"first_round_end": first_round_end(convs) if convs else None}
+        source = {"data": str(args.data), "skipped": summary.total, "skipped_reasons": dict(summary.counts)}
+        extra = {"first_round_end": first_round_end(convs) if convs else None}
     else:
         records = intent_records(args)
         sessions, model = intent_sessions(args, records)
@@ -785,7 +788,7 @@ def intent_adherence(args) -> dict:
     result = {"metric": "intent_adherence", **source, **match_intents(convs, args.candidates, args.seed),
               **opening_leakage(convs), **extra}
     if args.judge_model:
-        result |= judge_fields(args, convs)
+        result |= judge_fields(args, convs, judge_prompt)
     return result
 
 
@@ -809,15 +812,14 @@ def real_reference(args, n: int) -> dict:
             "real_first_round_end": first_round_end(real), **opening_leakage(real, "real_")}
 
 
-def judge_fields(args, convs) -> dict:
+def judge_fields(args, convs, prompt: str) -> dict:
     from core.endpoint import Endpoint
     from core.engine import side_file
-    from eval.intent_measures import judge_pursuit, load_judge_prompt
+    from eval.intent_measures import judge_pursuit
 
     endpoint = Endpoint(args.judge_base_url, args.judge_model, args.api_key_env, args.max_retries, what="judge")
     path = args.judgment_file or (side_file(Path(args.out), "judgments") if args.out else None)
-    return judge_pursuit(convs, endpoint, load_judge_prompt(args.judge_prompt_file), args.concurrency,
-                         Path(path) if path else None)
+    return judge_pursuit(convs, endpoint, prompt, args.concurrency, Path(path) if path else None)
 
 
 def goal_leakage(args) -> dict:
@@ -978,9 +980,13 @@ def check_args(args) -> None:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
     if getattr(args, "data", None) and not Path(args.data).exists():
         raise UsageError(f"{args.data}: no such file or directory")
-    if args.command in ("diversity", "human-likeness", *INTENT_COMMANDS) and args.data and (args.model or args.base_url):
+    simulated = args.model or args.base_url
+    if args.command in ("diversity", "human-likeness", *INTENT_COMMANDS) and args.data and simulated:
         raise UsageError("give either --data (real turns) or a simulator (--model / --base-url), not both")
-    if args.command in INTENT_COMMANDS and getattr(args, "intents", None) and not Path(args.intents).is_file():
+    if args.command in INTENT_COMMANDS and args.intents and args.data:
+        raise UsageError("give either --intents (a simulator pursues them) or --data (real conversations carrying "
+                         "intents), not both")
+    if args.command in INTENT_COMMANDS and args.intents and not Path(args.intents).is_file():
         raise UsageError(f"{args.intents}: intents file not found")
     if getattr(args, "candidates", 2) < 2:
         raise UsageError("--candidates must be at least 2 (the intent itself and one other)")

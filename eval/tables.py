@@ -67,7 +67,8 @@ GOAL_LEAKAGE = ("goal_leakage", "goal leakage in turn 1 ↓")  # intent-adherenc
 # simulator metric -> (field, column) pairs, in column order (a column several metrics fill is shown once)
 SIMULATOR_COLUMNS = {"perplexity": (("nll", "held-out human-turn NLL ↓"), ("ppl", "perplexity ↓"),
                                     ("nll_without", "NLL without the intent")),
-                     "diversity": (("distinct_1", "distinct-1 ↑"), ("pairwise_similarity", "pairwise similarity ↓")),
+                     "diversity": (("distinct_1", "distinct-1 ↑"),
+                                   ("pairwise_similarity", "pairwise similarity ↓")),
                      "human_likeness": (("human_likeness", "human-likeness ↑"),),
                      "role_adherence": (("role_adherence", "role adherence ↑"),),
                      "termination": (("f1", "termination F1 ↑"),),

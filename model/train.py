@@ -859,7 +859,8 @@ def describe_data(data: Prepared, data_args: DataArguments, batch: int, pad: str
     """What the run trains on, said before training."""
     text = (f"train: {data.n_train} conversations in {len(data.train_rows)} rows "
             f"({'packed' if data_args.packing else 'one per row'}), eval: {data.n_eval}; "
-            f"padding efficiency (real tokens / tokens computed) {data.efficiency:.3f} at batch {batch}; pad token {pad}"
+            f"padding efficiency (real tokens / tokens computed) {data.efficiency:.3f} at batch {batch}; "
+            f"pad token {pad}"
             + ("; tokenised as the original's slow LLaMA tokenizer" if slow else "")
             + (f"; {data.n_ended} conversations end with {LEARNED_ENDS[data_args.end_style].marker}"
                if data_args.end_token else ""))

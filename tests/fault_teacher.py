@@ -14,7 +14,8 @@ As ``--role human`` with ``--end-after K`` it writes the end-of-conversation mar
 ``--use-seed`` makes the question depend on the request's ``seed`` too (a sampling simulator), and
 ``--misbehave empty|assistant|repeat`` makes it fail as a simulator can: empty turns, turns written as an
 assistant would, or the previous human turn again; ``--copy-intent`` makes it a simulator that states the
-intent of its system message (``Intent: ...``, as ``model.dyadic.intent_system`` writes it) as every question. ``--role judge`` rates what it is sent: asked for a verdict
+intent of its system message (``Intent: ...``, as ``model.dyadic.intent_system`` writes it) as every question.
+``--role judge`` rates what it is sent: asked for a verdict
 between A and B (the request mentions ``[[A]]``), ``[[A]]`` when ``--prefer`` occurs before ``--avoid`` (or
 neither occurs: a judge with a position bias), else ``[[B]]``; asked for a rating, ``Rating: [[9]]`` when the
 request holds ``--prefer``, ``[[2]]`` when it holds ``--avoid``, else a rating from 1 to 10 drawn from a hash of

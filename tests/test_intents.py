@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from core.conversation import GPT, HUMAN, Conversation, Turn, parse_record
+from core.conversation import GPT, HUMAN, Conversation, parse_record
 from model.dyadic import SOCRATIC_SYSTEM, Encoder, Template, intent_system
 from tests.conftest import PYTHON, ROOT, env_offline
 from tests.test_simulate import Server
@@ -41,8 +41,8 @@ def start_servers(tmp: Path, **roles: list[str]) -> dict[str, Server]:
 def stubs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("intent-stubs")
     started = start_servers(tmp, writer=["--latency", "0.2"], teacher=[], ignore=["--role", "human"],
-                            copy=["--role", "human", "--copy-intent"], empty=["--role", "human", "--misbehave", "empty"],
-                            judge=["--role", "judge", "--unsure-every", "4"])
+                            copy=["--role", "human", "--copy-intent"], judge=["--role", "judge", "--unsure-every", "4"],
+                            empty=["--role", "human", "--misbehave", "empty"])
     yield {name: srv.url for name, srv in started.items()}
     for srv in started.values():
         srv.stop()
@@ -95,7 +95,8 @@ def test_prepare_intents_round_trips_real_records(intents, sharegpt, stubs, caps
 
 def test_an_empty_reply_is_a_counted_failure_retried_by_the_next_run(sharegpt, stubs, capsys, tmp_path):
     out = tmp_path / "intents.jsonl"
-    assert prepare("--data", sharegpt, "--out", out, "--base-url", stubs["empty"], "--max-retries", "0", "--n", "3") == 1
+    empty = ["--base-url", stubs["empty"], "--max-retries", "0"]
+    assert prepare("--data", sharegpt, "--out", out, *empty, "--n", "3") == 1
     assert "error: 3 intents failed" in capsys.readouterr().err
     failed = read(tmp_path / "intents.log.failed.jsonl")
     assert len(failed) == 3 and all("no text" in f["reason"] for f in failed) and read(out) == []
@@ -169,7 +170,8 @@ def test_a_model_trained_with_intents_renders_them_alike_everywhere(template, in
     want = tok(prompt, add_special_tokens=template == "dyadic")["input_ids"]
     messages = Conversation("x", history, system).to_messages()["messages"]
     assert tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False) == want
-    generator, request = Generator(str(out), device="cpu", max_context=1024), ChatRequest(messages=[Message(**m) for m in messages])
+    generator = Generator(str(out), device="cpu", max_context=1024)
+    request = ChatRequest(messages=[Message(**m) for m in messages])
     for render in ("role", "chat-template"):
         assert request_prompt(generator, HUMAN, request, render) == want, render
 
@@ -211,7 +213,8 @@ def test_windows_are_cut_on_whole_turns_that_fit_with_the_intent(smollm2_tokeniz
     for conv in list(iter_input(handwritten(tmp_path)))[:5]:
         given, without = intent_pair(encoder, conv, "intent", None, 100, "f")  # room for a round or less
         n = given["turns"]
-        assert n == without["turns"] and 1 <= n < len(conv.turns) and len(without["input_ids"]) < len(given["input_ids"])
+        assert n == without["turns"] and 1 <= n < len(conv.turns)
+        assert len(without["input_ids"]) < len(given["input_ids"])
         system = intent_system(conv.extra["intent"])
         assert len(given["input_ids"]) <= 100 < token_count(encoder, conv.turns[:n + 1], system)  # whole turns
         scored = [[x for x in row["labels"] if x != -100] for row in (given, without)]
