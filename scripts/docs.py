@@ -28,11 +28,12 @@ CLI_DOC = ROOT / "docs" / "cli.md"
 COMMANDS = {
     "model.dyadic": [], "model.sft_socratic.train": [], "model.sft_platolm.train": [],
     "model.sft_socratic.cli": [], "model.sft_platolm.cli": [], "model.serve": [],
-    "data.prepare": ["clean", "split", "convert", "seeds", "baseline", "truncate", "stats"],
+    "data.prepare": ["clean", "split", "convert", "seeds", "baseline", "truncate", "stats", "intents"],
     "data.simulate": [],
     "eval.fetch_mt_bench": [], "eval.mt_bench": ["answer", "judge", "show"],
     "eval.alpaca_eval": ["generate", "judge"], "eval.question_quality": [],
-    "eval.simulator": ["perplexity", "diversity", "human-likeness", "role-adherence", "termination"],
+    "eval.simulator": ["perplexity", "diversity", "human-likeness", "role-adherence", "termination",
+                       "intent-adherence", "goal-leakage"],
     "eval.detector": ["train", "score"], "eval.tables": [],
     "scripts.demo": [], "scripts.take_sharegpt": [], "scripts.gpu_check": [], "scripts.docs": [],
 }
