@@ -42,7 +42,8 @@ def stubs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("intent-stubs")
     started = start_servers(tmp, writer=["--latency", "0.2"], teacher=[], ignore=["--role", "human"],
                             copy=["--role", "human", "--copy-intent"], judge=["--role", "judge", "--unsure-every", "4"],
-                            empty=["--role", "human", "--misbehave", "empty"])
+                            empty=["--role", "human", "--misbehave", "empty"],
+                            ender=["--role", "human", "--end-after", "1"])
     yield {name: srv.url for name, srv in started.items()}
     for srv in started.values():
         srv.stop()
@@ -291,6 +292,9 @@ def test_intent_adherence_discriminates_and_leakage_sees_a_copy(many_intents, st
     assert judged[0]["judge_num_judged"] == 12 and judged[0]["judge_num_errors"] == 3  # every 4th reply
     assert 1 <= judged[0]["intent_judge"] <= 10 and judged[1] == judged[0]
     assert len(read(tmp_path / "judged.judgments.jsonl")) == 12
+    # a simulator with a learned end that stops after its first question: every session ended in round 1
+    ended = measure("intent-adherence", "--base-url", stubs["ender"], *common, "--n", "10", "--end-rule", "learned")
+    assert ended["first_round_end"] == 1.0 and "first_round_end" not in ignoring
     leaked = measure("goal-leakage", "--base-url", stubs["copy"], "--intents", many_intents, "--n", "20")
     assert leaked["goal_leakage"] > 0.95 and leaked["goal_leakage_n"] == 20
     assert measure("goal-leakage", "--data", tmp_path / "ignore.jsonl")["goal_leakage"] < 0.2
