@@ -15,6 +15,8 @@ Other sub-commands::
     python -m data.prepare baseline --source ultrachat|baize|sharegpt --data FILE|DIR [FILE ...] --out OUT [--n 10000]
     python -m data.prepare truncate --data socraticchat.jsonl --out socraticchat_3r.jsonl --rounds 3
     python -m data.prepare stats --data a.jsonl b.jsonl c.json --name Socratic role-play ShareGPT --tokenizer smollm2
+    python -m data.prepare intents --data heldout.json --out intents.json --base-url http://127.0.0.1:8000/v1 \\
+        --model teacher [--prompt-file FILE] [--persona] [--concurrency 8] [--json]
 
 Inputs are ShareGPT or OpenAI-messages JSON arrays / JSONL (read streaming; a file cut off mid-record
 yields its complete records and a warning) or a Hugging Face datasets directory. Outputs are written atomically: a JSON array, or JSONL when the name ends in .jsonl. Bad
@@ -207,6 +209,12 @@ def cmd_truncate(args) -> int:
     return 0
 
 
+def cmd_intents(args) -> int:
+    from data.intent_writer import write_intents
+
+    return write_intents(args)
+
+
 def tokenization(sp) -> None:
     """--tokenization: count tokens exactly as the trainer's option of that name tokenises (same default)."""
     from model.dyadic import TOKENIZATIONS
@@ -300,10 +308,33 @@ def _sample_commands(sub, command_parser) -> None:
     sp.add_argument("--exclude-part", nargs="*", metavar="NAME",
                     help="sub-corpora to leave out (default: baize's alpaca, as the original)")
 
+    sp = command_parser("intents", cmd_intents, "an intent for every conversation (what the person wanted, in the "
+                                                "second person), written by a chat model; resumable")
+    _intent_flags(sp)
+
     sp = command_parser("truncate", cmd_truncate, "cut sessions to their first --rounds rounds (turn ablation)")
     sp.add_argument("--rounds", type=int, required=True, metavar="K")
     sp.add_argument("--drop-shorter", action="store_true", help="leave out sessions with fewer than K rounds")
     sp.add_argument("--report", help="also write the counts and the ids of shorter sessions as JSON here")
+
+
+def _intent_flags(sp) -> None:
+    from core.options import add_endpoint_args
+    from data.intent_writer import DEFAULT_PERSONA_PROMPT, DEFAULT_PROMPT
+
+    sp.add_argument("--base-url", required=True, help="OpenAI-compatible endpoint of the model that writes them")
+    sp.add_argument("--model", required=True, help="the model's name at that endpoint")
+    sp.add_argument("--n", type=int, help="only the first N usable conversations (default: all)")
+    sp.add_argument("--prompt-file", help=f"prompt with a {{conversation}} placeholder (default "
+                                          f"{DEFAULT_PROMPT.relative_to(DEFAULT_PROMPT.parents[2])})")
+    sp.add_argument("--persona", action="store_true", help="also write a persona: how the person writes")
+    sp.add_argument("--persona-prompt-file", help=f"the persona's prompt (implies --persona; default "
+                                                  f"{DEFAULT_PERSONA_PROMPT.relative_to(DEFAULT_PROMPT.parents[2])})")
+    sp.add_argument("--max-new-tokens", type=int, default=96, help="longest reply (default 96)")
+    sp.add_argument("--temperature", type=float, help="sampling temperature (default: none sent, the endpoint's)")
+    add_endpoint_args(sp)
+    sp.add_argument("--json", action="store_true", help="print the report (counts, leakage) as one JSON object")
+    sp.add_argument("--report", help="also write the report as JSON here")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -339,8 +370,8 @@ def check_inputs(args) -> None:
             raise UsageError(f"{path}: no such file")
         if args.command != "baseline" and Path(path).is_dir() and not is_hf_dir(path):
             raise UsageError(f"{path}: a directory that is not a datasets directory (Dataset.save_to_disk)")
-    for name in ("n", "rounds", "max_length", "max_context", "checkpoint_every"):
-        if getattr(args, name, 1) < 1:
+    for name in ("n", "rounds", "max_length", "max_context", "checkpoint_every", "max_new_tokens", "concurrency"):
+        if getattr(args, name, None) is not None and getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
 
 

@@ -1,4 +1,4 @@
-"""How good is a user simulator? Perplexity, diversity, human-likeness, role adherence and termination.
+"""How good is a user simulator? Perplexity, diversity, human-likeness, role adherence, termination, intents.
 
 Any simulator can be measured: a Socratic checkpoint, an untrained base model, or a simulator behind an
 OpenAI-compatible endpoint (``model.serve --role human``, vLLM serving a Socratic checkpoint, or a
@@ -9,7 +9,10 @@ role-play chat model with ``--simulator-kind roleplay``), on any held-out conver
   ``model.dyadic.Encoder`` (loss role ``human``); each conversation is its first ``--max-context`` tokens,
   as in training. Batched by length over a bounded pool of conversations (memory flat in their number),
   with only the scored positions sent through the LM head and each row cut after its last scored token.
-  ``--details FILE`` keeps one line per conversation and makes a rerun resume.
+  ``--details FILE`` keeps one line per conversation and makes a rerun resume. ``--condition intent`` (or
+  ``intent,persona``) scores each record's human turns given its intent in the system prompt
+  (``model.dyadic.intent_system``) and the very same tokens without it: a conversation is cut on whole turns,
+  as many as fit ``--max-length`` with the longer prompt (records without an intent are skipped, counted).
 * ``diversity``: ``--n`` opening questions sampled in free mode (or a corpus's real openings with
   ``--data``): the share of distinct word unigrams (distinct-1) and the mean pairwise cosine similarity
   of their MiniLM embeddings (off-diagonal; lower = more diverse).
@@ -26,6 +29,13 @@ role-play chat model with ``--simulator-kind roleplay``), on any held-out conver
   ended, a conversation without a segment suffix or the last segment of a split one; ``all``: every
   conversation ended). A local model ends where p(the marker turn | history) >= ``--threshold`` (history: the last
   ``--max-context`` tokens); an endpoint ends where its sampled next turn is the marker.
+* ``intent-adherence`` (``eval.intent_measures``): one session per intent of ``--intents`` (the simulator opens it,
+  the teacher answers, on data.simulate's session machinery; ``--save`` keeps them and resumes), each matched by
+  MiniLM similarity against its own intent and ``--candidates`` - 1 others: top-1 accuracy against chance 1/K;
+  ``--data`` matches real conversations carrying intents instead; ``--judge-model`` adds a 1-10 judge; with
+  ``--end-rule learned`` the share of sessions ended after their first round.
+* ``goal-leakage``: the share of an intent's content words (and word 3-grams) the first human turn states: the
+  simulator's openings for ``--intents``, or the first turns of ``--data``.
 
 Bad input never stops a run: records that cannot be read, conversations with no human turn, turns past
 the context, failed or empty generations are skipped or marked, counted by reason in the JSON
@@ -35,11 +45,13 @@ gives no log-probabilities of a given text, and saying ``--base-url`` there is a
 Results (contract with ``eval.tables``): every subcommand takes ``--name NAME`` (the row label, e.g.
 "Socratic", "untrained SmolLM2", "ShareGPT humans", "role-play gpt-3.5-turbo"), ``--out FILE`` (the JSON
 written atomically) and ``--json`` (print it). The JSON is one object: ``name``, ``metric`` (perplexity |
-diversity | human_likeness | role_adherence | termination), ``model`` or ``data``, and the metric's fields:
-perplexity -> nll, ppl, tokens, conversations, skipped; diversity -> distinct_1, pairwise_similarity, n,
-embedder; human_likeness -> human_likeness (share judged human), n, detector, detector_accuracy;
-role_adherence -> role_adherence, n, probes; termination -> precision, recall, f1, n. Other fields are
-extra detail.
+diversity | human_likeness | role_adherence | termination | intent_adherence | goal_leakage), ``model`` or
+``data``, and the metric's fields: perplexity -> nll, ppl, tokens, conversations, skipped (``--condition``:
+also nll_without, nll_difference); diversity -> distinct_1, pairwise_similarity, n, embedder; human_likeness
+-> human_likeness (share judged human), n, detector, detector_accuracy; role_adherence -> role_adherence, n,
+probes; termination -> precision, recall, f1, n; intent_adherence -> intent_accuracy, intent_chance,
+candidates, n (intent_judge, first_round_end, real_*); goal_leakage -> goal_leakage, goal_leakage_3gram,
+goal_leakage_n (real_*). Other fields are extra detail.
 
 Simulator sources (generation metrics): ``--model PATH --template dyadic|chat`` loads a model here
 (``model.generate.Generator``, role human, batched ``--concurrency`` at a time); ``--base-url URL --model
@@ -82,14 +94,17 @@ import numpy as np
 from data.simulators import DEFAULT_ROLEPLAY_PROMPT, Sampling, SimulatorSpec
 from core.conversation import GPT, HUMAN, BadRecord, BadRecordSummary, Conversation, Turn, atomic_write
 from model.checkpoint import read_checkpoint
-from model.dyadic import END_OF_CONVERSATION, IGNORE_INDEX, TEMPLATES, Encoder, really_ended
+from model.dyadic import (CONDITIONS, END_OF_CONVERSATION, IGNORE_INDEX, TEMPLATES, Encoder, conditioned_system,
+                          default_system, really_ended)
 from core.errors import UsageError
 from core.options import MAX_RETRIES, add_flag
 from core.runner import command
 
-METRICS = ("perplexity", "diversity", "human_likeness", "role_adherence", "termination")
+METRICS = ("perplexity", "diversity", "human_likeness", "role_adherence", "termination", "intent_adherence",
+           "goal_leakage")
 DEFAULT_PROBES = Path(__file__).resolve().parent / "probes" / "role_swap.jsonl"
 ENDED = ("auto", "all")
+INTENT_COMMANDS = ("intent-adherence", "goal-leakage")
 _WORD = re.compile(r"\w+")
 
 
@@ -240,13 +255,24 @@ class Details:
                              f"use another --details file or remove it")
         if not records:
             self.log.append({"options": options})
-        self.done = {r["key"]: (r["nll"], r["tokens"]) for r in records[1:]}
+        self.done = {r["key"]: r for r in records[1:]}
         if self.done:
             print(f"resuming: {len(self.done)} conversations already scored in {path}", file=sys.stderr)
 
-    def add(self, keyed: list[tuple[str, float, int]]) -> None:
+    def add(self, scored: list[dict]) -> None:
         if self.log is not None:
-            self.log.append_many([{"key": k, "nll": s, "tokens": n} for k, s, n in keyed])
+            self.log.append_many(scored)
+
+
+def scored_units(scorer: TokenScorer, units: list[dict]) -> dict[str, dict]:
+    """Each unit's ``{"key", "nll", "tokens"}`` (NLL summed over its first row's labelled tokens); a unit of two
+    rows (given the intent, without it) adds ``nll_without``, over the same tokens."""
+    scores = iter(scorer.score([row for u in units for row in u["rows"]]))
+    out = {}
+    for u in units:
+        (nll, tokens), *rest = [next(scores) for _ in u["rows"]]
+        out[u["key"]] = {"key": u["key"], "nll": nll, "tokens": tokens, **({"nll_without": rest[0][0]} if rest else {})}
+    return out
 
 
 def perplexity(args) -> dict:
@@ -259,31 +285,36 @@ def perplexity(args) -> dict:
                          "return the log-probabilities of a given conversation's tokens")
     scorer, encoder, max_length = local_scorer(args)
     options = {"model": str(args.model), "data": str(args.data), "template": args.template,
-               "max_length": max_length, "system": args.system}
+               "max_length": max_length, "system": args.system,
+               **({"condition": args.condition} if args.condition else {})}
     details = Details(args.details, options)
     summary, counts = BadRecordSummary(), Counter()
     convs = iter_input(args.data, summary=summary)
-    rows = encode_window(encoder, convs, str(args.data), max_length, summary, counts)
-    total, tokens, scored = 0.0, 0, 0
-    started = time.perf_counter()
+    if args.condition:
+        units = conditioned_units(encoder, convs, args, max_length, summary, counts)
+    else:
+        units = ({"key": r["key"], "rows": [r]} for r in _keyed(encode_window(encoder, convs, str(args.data),
+                                                                              max_length, summary, counts)))
+    total, started = Counter(), time.perf_counter()
     with tqdm(total=args.limit, unit="conv", desc="perplexity", file=sys.stderr, disable=None) as bar:
-        for pool in pooled(itertools.islice(_keyed(rows), args.limit), args.pool):
-            todo = [r for r in pool if r["key"] not in details.done]
-            results = dict(zip((r["key"] for r in todo), scorer.score(todo)))
-            details.add([(k, s, n) for k, (s, n) in results.items()])
-            for r in pool:
-                s, n = results.get(r["key"]) or details.done[r["key"]]
-                total, tokens, scored = total + s, tokens + n, scored + 1
+        for pool in pooled(itertools.islice(units, args.limit), args.pool):
+            fresh = scored_units(scorer, [u for u in pool if u["key"] not in details.done])
+            details.add(list(fresh.values()))
+            for u in pool:
+                total.update({k: v for k, v in (fresh.get(u["key"]) or details.done[u["key"]]).items() if k != "key"})
+                total["conversations"] += 1
             bar.update(len(pool))
-            bar.set_postfix(tokens=tokens, ppl=f"{math.exp(total / tokens):.2f}" if tokens else "-")
+            bar.set_postfix(tokens=total["tokens"], ppl=f"{math.exp(total['nll'] / total['tokens']):.2f}"
+                            if total["tokens"] else "-")
     if summary.total:
         print(summary.report("conversations"), file=sys.stderr)
-    if not tokens:
+    if not total["tokens"]:
         raise UsageError(f"{args.data}: no conversation with a human turn to score ({summary.total} skipped)")
-    nll = total / tokens
+    nll = total["nll"] / total["tokens"]
     return {"metric": "perplexity", "model": str(args.model), "data": str(args.data), "template": args.template,
-            "max_length": max_length, "nll": round(nll, 6), "ppl": round(math.exp(nll), 4), "tokens": tokens,
-            "conversations": scored, "truncated": counts["truncated"], "skipped": summary.total,
+            "max_length": max_length, "nll": round(nll, 6), "ppl": round(math.exp(nll), 4), "tokens": total["tokens"],
+            **(condition_fields(args.condition, nll, total) if args.condition else {}),
+            "conversations": total["conversations"], "truncated": counts["truncated"], "skipped": summary.total,
             "skipped_reasons": dict(summary.counts), "seconds": round(time.perf_counter() - started, 2)}
 
 
@@ -292,9 +323,70 @@ def _keyed(rows: Iterable[dict]) -> Iterator[dict]:
         yield {**row, "key": f"{i}:{row['id']}"}
 
 
+# -- perplexity given the intent -----------------------------------------------------------------------
+def condition_fields(condition: str, nll: float, total: Counter) -> dict:
+    without = total["nll_without"] / total["tokens"]
+    return {"condition": condition, "nll_without": round(without, 6), "ppl_without": round(math.exp(without), 4),
+            "nll_difference": round(without - nll, 6)}
+
+
+def token_count(encoder: Encoder, turns: Sequence[Turn], system: str) -> int:
+    t = encoder.template
+    return len(encoder.tokenizer(t.render(turns, system).text, add_special_tokens=t.add_special_tokens)["input_ids"])
+
+
+def whole_turns_within(encoder: Encoder, turns: Sequence[Turn], system: str, max_length: int) -> int:
+    """The most leading turns that fit ``max_length`` tokens after ``system`` (binary search; 0: not one)."""
+    if token_count(encoder, turns, system) <= max_length:
+        return len(turns)
+    lo, hi = 0, len(turns) - 1
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if token_count(encoder, turns[:mid], system) <= max_length else (lo, mid - 1)
+    return lo
+
+
+def intent_pair(encoder: Encoder, conv: Conversation, condition: str, system: str | None, max_length: int,
+                file: str) -> list[dict] | None:
+    """The conversation's rows given its intent and without it, over the same leading whole turns (as many as
+    fit ``max_length`` with the longer prompt), scoring the same human tokens; None when it has no intent."""
+    base = default_system(HUMAN, conv, system)
+    given = conditioned_system(conv, base, condition, file)
+    if given == base:
+        return None
+    cut = Conversation(conv.id, conv.turns[:whole_turns_within(encoder, conv.turns, given, max_length)])
+    if not any(t.role == HUMAN for t in cut.turns):
+        raise BadRecord(file, conv.id, "no whole human turn within max_length", f"max_length={max_length}")
+    rows = [{**encoder.encode(Conversation(cut.id, cut.turns, prompt), file), "turns": len(cut.turns)}
+            for prompt in (given, base)]
+    scored = [[x for x in row["labels"] if x != IGNORE_INDEX] for row in rows]
+    if scored[0] != scored[1]:
+        raise BadRecord(file, conv.id, "the intent changes how the human turns tokenise")
+    return rows
+
+
+def conditioned_units(encoder: Encoder, convs: Iterable[Conversation], args, max_length: int,
+                      summary: BadRecordSummary, counts: Counter) -> Iterator[dict]:
+    """``perplexity --condition``: one unit of two rows per conversation with an intent (:func:`intent_pair`);
+    conversations without one, or with a bad one, are counted."""
+    encoder.system = None  # the rows carry their own prompts, built from --system here
+    file = str(args.data)
+    for i, conv in enumerate(convs):
+        try:
+            rows = intent_pair(encoder, conv, args.condition, args.system, max_length, file)
+        except BadRecord as err:
+            summary.add(BadRecord(file, conv.id, err.reason, err.detail))
+            continue
+        if rows is None:
+            summary.add(BadRecord(file, conv.id, "no intent"))
+            continue
+        counts["truncated"] += rows[0]["turns"] < len(conv.turns)
+        yield {"key": f"{i}:{conv.id}", "rows": rows}
+
+
 # -- generation: the simulator under test writes human turns -------------------------------------------
-def simulator_spec(args, max_new_tokens: int | None = None) -> SimulatorSpec:
-    """The simulator under test, from this command's flags."""
+def simulator_spec(args, max_new_tokens: int | None = None, conditioned: bool = False) -> SimulatorSpec:
+    """The simulator under test, from this command's flags (``conditioned``: it is given intents)."""
     local = not args.base_url
     if local and not args.model:
         raise UsageError("name the simulator: --model PATH (a local model) or --base-url URL [--model NAME]")
@@ -304,22 +396,24 @@ def simulator_spec(args, max_new_tokens: int | None = None) -> SimulatorSpec:
                          model=None if local else args.model, key_env=args.api_key_env, system=args.system,
                          sampling=Sampling(args.temperature, args.top_p, max_new_tokens or args.max_new_tokens),
                          template=args.template, device=args.device, roleplay_prompt=args.roleplay_prompt,
-                         max_retries=args.max_retries)
+                         max_retries=args.max_retries, conditioned=conditioned)
 
 
 def next_human_turns(args, prefixes: Sequence[list[Turn]], file: str = "<simulator>", names: Sequence | None = None,
-                     max_new_tokens: int | None = None) -> tuple[list[str | None], BadRecordSummary, str]:
+                     max_new_tokens: int | None = None,
+                     intents: Sequence | None = None) -> tuple[list[str | None], BadRecordSummary, str]:
     """The simulator's next human turn after each prefix (None where it failed or had no room: counted under
-    ``names[i]``), and the simulator's model name."""
-    return asyncio.run(_ask_all(args, prefixes, file, names or range(len(prefixes)), max_new_tokens))
+    ``names[i]``), and the simulator's model name; with ``intents`` (``data.intents.IntentRecord``, one per
+    prefix) each turn is conditioned on its record's intent and persona."""
+    return asyncio.run(_ask_all(args, prefixes, file, names or range(len(prefixes)), max_new_tokens, intents))
 
 
-async def _ask_all(args, prefixes, file, names, max_new_tokens):
+async def _ask_all(args, prefixes, file, names, max_new_tokens, intents=None):
     from core.engine import FAILED, SKIPPED, Engine, Job, Result
     from data.end_rules import EndOfSession, EndRule
     from data.simulators import build_simulator
 
-    spec = simulator_spec(args, max_new_tokens)
+    spec = simulator_spec(args, max_new_tokens, conditioned=intents is not None)
     rule = EndRule("paper", args.max_context, spec.sampling.max_new_tokens)
     summary = BadRecordSummary()
     texts: list[str | None] = [None] * len(prefixes)
@@ -337,8 +431,9 @@ async def _ask_all(args, prefixes, file, names, max_new_tokens):
         stack.push_async_callback(simulator.close)
 
         async def ask(i: int):
+            given = (intents[i].intent, intents[i].persona) if intents is not None else ()
             try:
-                return (await simulator.ask(prefixes[i], args.seed + i)).text
+                return (await simulator.ask(prefixes[i], args.seed + i, *given)).text
             except EndOfSession as end:
                 return Result(end.reason, SKIPPED)
 
@@ -596,6 +691,160 @@ def marker_decisions(args, points, summary: BadRecordSummary) -> list[bool | Non
     return decided
 
 
+# -- intents: does the simulator pursue the goal it is given? ------------------------------------------
+def intent_records(args) -> list:
+    """The first ``--n`` intents of ``--intents`` (``data.intents``), for the simulator to pursue."""
+    from data.intents import read_intents
+
+    if not args.intents:
+        raise UsageError("give --intents FILE (the intents the simulator pursues), or --data FILE (real "
+                         "conversations carrying intents, the reference)")
+    summary = BadRecordSummary()
+    records = read_intents(args.intents, summary=summary)[:args.n]
+    if summary.total:
+        print(summary.report("intent records"), file=sys.stderr)
+    return records
+
+
+def real_conversations(path: str, n: int, summary: BadRecordSummary) -> tuple[list[Conversation], list[str]]:
+    """The first ``n`` conversations of ``path`` that carry an intent and a human turn, and their intents."""
+    from core.formats import iter_input
+    from model.dyadic import record_intent
+
+    convs, intents = [], []
+    for conv in iter_input(path, summary=summary):
+        try:
+            intent, _ = record_intent(conv.extra, conv.id, path)
+            if intent is None or not any(t.role == HUMAN for t in conv.turns):
+                raise BadRecord(path, conv.id, "no intent" if intent is None else "no human turn")
+        except BadRecord as err:
+            summary.add(err)
+            continue
+        convs.append(conv)
+        intents.append(intent)
+        if len(convs) == n:
+            break
+    return convs, intents
+
+
+def intent_sessions(args, records: Sequence) -> tuple[list[Conversation], str]:
+    """One session per intent, opened by the simulator (a record's seed question is left out), answered by the
+    teacher, on data.simulate's session machinery; ``--save`` keeps them and a rerun continues. Returns the
+    finished sessions as conversations (in the records' order) and the simulator's model name."""
+    from core.conversation import parse_record
+
+    done, model = asyncio.run(_intent_sessions(args, records))
+    sessions = [done[f"intent-{r.id}"] for r in records if f"intent-{r.id}" in done]
+    return [parse_record(rec, i, args.save or "<sessions>") for i, rec in enumerate(sessions)], model
+
+
+async def _intent_sessions(args, records: Sequence) -> tuple[dict, str]:
+    import dataclasses
+
+    from core.engine import Engine
+    from data.end_rules import EndRule
+    from data.session import SessionConfig, session_jobs
+    from data.sessions_store import SessionStore
+    from data.simulate import teacher_spec
+    from data.simulators import build_simulator, build_teacher
+
+    rule = EndRule(args.end_rule, args.max_context, args.max_new_tokens, args.min_turns)
+    store = SessionStore(args.save) if args.save else None
+    done = dict(store.finished) if store else {}
+    async with AsyncExitStack() as stack:
+        teacher = build_teacher(teacher_spec(args))
+        stack.push_async_callback(teacher.close)
+        simulator, model = await build_simulator(simulator_spec(args, conditioned=True), rule, stack)
+        stack.push_async_callback(simulator.close)
+        if any(r["meta"].get("simulator_model") != model for r in done.values()):
+            raise UsageError(f"{args.save} holds sessions of another simulator; use another --save")
+        cfg = SessionConfig(rule, args.max_turns, args.seed, {"simulator_model": model, "end_rule": args.end_rule})
+        specs = [dataclasses.replace(r, question=None).spec() for r in records]
+        todo = [s for s in specs if s.id not in done and (store is None or s.id not in store.skipped)]
+        tally = await Engine(args.concurrency, desc="sessions", unit="session").run(
+            session_jobs(todo, simulator, teacher, cfg), sink=store, on_done=lambda r: done.__setitem__(r["id"], r))
+    tally.raise_if_failed("sessions", store.failed_path if store else None)
+    return done, model
+
+
+def intent_adherence(args) -> dict:
+    from eval.intent_measures import first_round_end, load_judge_prompt, match_intents, measured
+
+    judge_prompt = load_judge_prompt(args.judge_prompt_file) if args.judge_model else None  # before any work
+    if args.data:
+        summary = BadRecordSummary()
+        convs = measured(*real_conversations(args.data, args.n, summary))
+        source = {"data": str(args.data), "skipped": summary.total, "skipped_reasons": dict(summary.counts)}
+        extra = {"first_round_end": first_round_end(convs) if convs else None}
+    else:
+        records = intent_records(args)
+        sessions, model = intent_sessions(args, records)
+        by_id = {f"intent-{r.id}": r.intent for r in records}
+        convs = measured(sessions, [by_id[c.id] for c in sessions])
+        source = {**source_fields(args, model), "intents": str(args.intents), "max_turns": args.max_turns,
+                  "end_rule": args.end_rule, "sessions_skipped": len(records) - len(sessions)}
+        extra = {"first_round_end": first_round_end(convs)} if args.end_rule == "learned" and convs else {}
+        extra |= real_reference(args, len(records))
+    if len(convs) < 2:
+        raise UsageError(f"intent-adherence needs at least two conversations with intents; got {len(convs)}")
+    result = {"metric": "intent_adherence", **source, **match_intents(convs, args.candidates, args.seed),
+              **opening_leakage(convs), **extra}
+    if args.judge_model:
+        result |= judge_fields(args, convs, judge_prompt)
+    return result
+
+
+def opening_leakage(convs: Sequence, prefix: str = "") -> dict:
+    """Goal leakage (``eval.intent_measures.goal_leakage``) of the conversations that open with a human turn."""
+    from eval.intent_measures import goal_leakage as leaked
+
+    pairs = [(c.intent, c.turns[0].text) for c in convs if c.turns[0].role == HUMAN]
+    return leaked(pairs, prefix) if pairs else {}
+
+
+def real_reference(args, n: int) -> dict:
+    """The same figures for the real conversations of the ``--intents`` file, when it holds them."""
+    from eval.intent_measures import first_round_end, match_intents, measured
+
+    real = measured(*real_conversations(args.intents, n, BadRecordSummary(show_first=0)))
+    if len(real) < 2:
+        return {}
+    matched = match_intents(real, args.candidates, args.seed)
+    return {"real_intent_accuracy": matched["intent_accuracy"], "real_n": matched["n"],
+            "real_first_round_end": first_round_end(real), **opening_leakage(real, "real_")}
+
+
+def judge_fields(args, convs, prompt: str) -> dict:
+    from core.endpoint import Endpoint
+    from core.engine import side_file
+    from eval.intent_measures import judge_pursuit
+
+    endpoint = Endpoint(args.judge_base_url, args.judge_model, args.api_key_env, args.max_retries, what="judge")
+    path = args.judgment_file or (side_file(Path(args.out), "judgments") if args.out else None)
+    return judge_pursuit(convs, endpoint, prompt, args.concurrency, Path(path) if path else None)
+
+
+def goal_leakage(args) -> dict:
+    from eval.intent_measures import goal_leakage as leaked, measured
+
+    if args.data:
+        summary = BadRecordSummary()
+        fields = opening_leakage(measured(*real_conversations(args.data, args.n, summary)))
+        if not fields:
+            raise UsageError(f"{args.data}: no conversation with an intent opens with a human turn")
+        return {"metric": "goal_leakage", "data": str(args.data), **fields, "skipped": summary.total,
+                "skipped_reasons": dict(summary.counts)}
+    records = intent_records(args)
+    texts, summary, model = next_human_turns(args, [[] for _ in records], str(args.intents),
+                                             [r.id for r in records], intents=records)
+    pairs = [(r.intent, t) for r, t in zip(records, texts) if t is not None]
+    if not pairs:
+        raise UsageError(f"the simulator wrote no opening ({summary.report('openings')})")
+    real = measured(*real_conversations(args.intents, args.n, BadRecordSummary(show_first=0)))
+    return {"metric": "goal_leakage", **source_fields(args, model), "intents": str(args.intents), **leaked(pairs),
+            **opening_leakage(real, "real_"), "skipped": summary.total, "skipped_reasons": dict(summary.counts)}
+
+
 # -- command line ---------------------------------------------------------------------------------------
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="row label in the tables (default: the model or data file name)")
@@ -654,6 +903,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-tokens", type=int, default=4096, help="padded tokens per forward pass")
     s.add_argument("--pool", type=int, default=256, help="conversations read ahead and sorted by length")
     s.add_argument("--details", help="per-conversation JSONL; a rerun with the same file resumes")
+    s.add_argument("--condition", choices=CONDITIONS,
+                   help="score the human turns given each record's intent (and persona) in the system prompt, and "
+                        "the same tokens without it (windows cut on whole turns)")
     s = sub.add_parser("diversity", help="distinct-1 and mean pairwise similarity of opening questions")
     _common(s)
     _source(s, "real openings of this corpus instead of a simulator's (the reference row)")
@@ -681,22 +933,67 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-tokens", type=int, default=4096)
     s.add_argument("--pool", type=int, default=256)
     s.add_argument("--marker-tokens", type=int, default=16, help="endpoint: tokens sampled to see the marker")
+    _intent_commands(sub)
     return p
 
 
+def _intent_commands(sub) -> None:
+    """intent-adherence and goal-leakage: a simulator given intents, or real conversations carrying them."""
+    from data.end_rules import END_RULES
+    from data.simulate import add_teacher_args
+
+    real = "real conversations carrying intents (data.prepare intents) instead of a simulator's (the reference row)"
+    s = sub.add_parser("intent-adherence", help="top-1 match of each conversation to its own intent among K (vs "
+                                                "chance 1/K); optionally a judge's 1-10")
+    _common(s)
+    _source(s, real)
+    s.add_argument("--intents", help="the intents the simulator pursues, one session each (data/intents.py)")
+    s.add_argument("--n", type=int, default=100, help="intents (or real conversations) measured (default 100)")
+    s.add_argument("--candidates", type=int, default=10, help="K: intents each conversation is matched against, "
+                                                              "its own included (default 10)")
+    s.add_argument("--max-turns", type=int, default=3, help="rounds per session (default 3)")
+    s.add_argument("--end-rule", choices=END_RULES, default="paper",
+                   help="as data.simulate's; learned: also the share of sessions ended in the first round")
+    s.add_argument("--min-turns", type=int, default=1, help="--end-rule learned: rounds before an end is accepted")
+    add_teacher_args(s.add_argument_group("teacher (answers the simulator; never sees the intent)"))
+    s.set_defaults(request_timeout=600.0)
+    g = s.add_argument_group("judge (optional): does the user pursue the goal? 1-10")
+    g.add_argument("--judge-model", help="judge with this model (an OpenAI-compatible endpoint)")
+    g.add_argument("--judge-base-url", help="the judge's endpoint (default: the OpenAI API; key: --api-key-env)")
+    g.add_argument("--prompt-file", dest="judge_prompt_file",
+                   help="the judge's prompt, with {intent} and {conversation} (default "
+                        "eval/prompts/intent_adherence.txt)")
+    g.add_argument("--judgment-file", help="resumable judgments (default OUT.judgments.jsonl with --out)")
+    s = sub.add_parser("goal-leakage", help="share of an intent's content words the first human turn already states")
+    _common(s)
+    _source(s, real)
+    s.add_argument("--intents", help="the intents the simulator opens conversations for (data/intents.py)")
+    s.add_argument("--n", type=int, default=100, help="intents (or real conversations) measured (default 100)")
+
+
 RUN = {"perplexity": perplexity, "diversity": diversity, "human-likeness": human_likeness,
-       "role-adherence": role_adherence, "termination": termination}
+       "role-adherence": role_adherence, "termination": termination, "intent-adherence": intent_adherence,
+       "goal-leakage": goal_leakage}
 
 
 def check_args(args) -> None:
-    for name in ("n", "limit", "samples", "max_context", "batch_tokens", "pool", "max_new_tokens", "concurrency"):
+    for name in ("n", "limit", "samples", "max_context", "batch_tokens", "pool", "max_new_tokens", "concurrency",
+                 "max_turns", "min_turns"):
         value = getattr(args, name, None)
         if value is not None and value < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
     if getattr(args, "data", None) and not Path(args.data).exists():
         raise UsageError(f"{args.data}: no such file or directory")
-    if args.command in ("diversity", "human-likeness") and args.data and (args.model or args.base_url):
+    simulated = args.model or args.base_url
+    if args.command in ("diversity", "human-likeness", *INTENT_COMMANDS) and args.data and simulated:
         raise UsageError("give either --data (real turns) or a simulator (--model / --base-url), not both")
+    if args.command in INTENT_COMMANDS and args.intents and args.data:
+        raise UsageError("give either --intents (a simulator pursues them) or --data (real conversations carrying "
+                         "intents), not both")
+    if args.command in INTENT_COMMANDS and args.intents and not Path(args.intents).is_file():
+        raise UsageError(f"{args.intents}: intents file not found")
+    if getattr(args, "candidates", 2) < 2:
+        raise UsageError("--candidates must be at least 2 (the intent itself and one other)")
 
 
 @command
@@ -727,7 +1024,11 @@ def format_result(r: dict) -> str:
             "diversity": ("distinct_1", "pairwise_similarity", "n"),
             "human_likeness": ("human_likeness", "n", "detector_accuracy"),
             "role_adherence": ("role_adherence", "n", "probes"),
-            "termination": ("precision", "recall", "f1", "n")}[r["metric"]]
+            "termination": ("precision", "recall", "f1", "n"),
+            "intent_adherence": ("intent_accuracy", "intent_chance", "n"),
+            "goal_leakage": ("goal_leakage", "goal_leakage_3gram", "goal_leakage_n")}[r["metric"]]
+    if r.get("condition"):
+        keys = (*keys, "nll_without", "nll_difference")
     return f"{r['name']} {r['metric']}: " + ", ".join(f"{k} {r[k]}" for k in keys) + f" (skipped {r.get('skipped', 0)})"
 
 

@@ -66,12 +66,19 @@ GROUPS = (("", "main", "Main results"),
           ("ablations/turns", "turns", "Ablation: number of turns"),
           ("ablations/backbones", "backbones", "Ablation: backbone pairing"))
 SHAREGPT_HUMANS = "ShareGPT humans"
-# simulator metric -> (field, column) pairs, in column order
-SIMULATOR_COLUMNS = {"perplexity": (("nll", "held-out human-turn NLL ↓"), ("ppl", "perplexity ↓")),
-                     "diversity": (("distinct_1", "distinct-1 ↑"), ("pairwise_similarity", "pairwise similarity ↓")),
+GOAL_LEAKAGE = ("goal_leakage", "goal leakage in turn 1 ↓")  # intent-adherence's sessions, or goal-leakage's openings
+# simulator metric -> (field, column) pairs, in column order (a column several metrics fill is shown once)
+SIMULATOR_COLUMNS = {"perplexity": (("nll", "held-out human-turn NLL ↓"), ("ppl", "perplexity ↓"),
+                                    ("nll_without", "NLL without the intent")),
+                     "diversity": (("distinct_1", "distinct-1 ↑"),
+                                   ("pairwise_similarity", "pairwise similarity ↓")),
                      "human_likeness": (("human_likeness", "human-likeness ↑"),),
                      "role_adherence": (("role_adherence", "role adherence ↑"),),
-                     "termination": (("f1", "termination F1 ↑"),)}
+                     "termination": (("f1", "termination F1 ↑"),),
+                     "intent_adherence": (("intent_accuracy", "intent top-1 ↑"), ("intent_chance", "chance"),
+                                          ("intent_judge", "judge: pursues the intent ↑"),
+                                          ("first_round_end", "ended in round 1"), GOAL_LEAKAGE),
+                     "goal_leakage": (GOAL_LEAKAGE,)}
 
 
 def _f(x, digits: int = 2) -> str:
@@ -265,9 +272,10 @@ def simulator_section(d: Path) -> list[str]:
         row = cells[r.get("name", stem)]
         row.setdefault("source", r.get("model") or r.get("data") or "-")
         for field, _ in SIMULATOR_COLUMNS[r["metric"]]:
-            row[field] = r.get(field)
+            row[field] = r.get(field, row.get(field))
     names = sorted(cells, key=lambda n: (n != SHAREGPT_HUMANS, n))
-    columns = [c for metric in SIMULATOR_COLUMNS.values() for c in metric]
+    columns = [c for c in dict.fromkeys(c for metric in SIMULATOR_COLUMNS.values() for c in metric)
+               if any(row.get(c[0]) is not None for row in cells.values())]  # those no file fills are left out
     rows = [[n, cells[n]["source"], *[_f(cells[n].get(field), 3) for field, _ in columns]] for n in names]
     return ["## Simulator quality", "", *_table(["simulator", "model / data", *[c for _, c in columns]], rows)]
 

@@ -142,6 +142,12 @@ def _training_lines(record: dict) -> list[str]:
              + (f" ({record['epochs']:.2f} epochs)" if isinstance(record.get("epochs"), (int, float)) else "")
              + f", {record.get('rows')} rows of up to {record.get('model_max_length')} tokens"
              + f" ({'packed' if record.get('packing') else 'one conversation per row'})"]
+    if record.get("condition"):
+        n = record.get("conditioned_conversations") or {}
+        lines.append(f"* conditioned on intents (`--condition {record['condition']}`): {n.get('train')} of "
+                     f"{convs.get('train')} training conversations carried an intent, rendered after the system "
+                     f"prompt as `Intent: …` (and `Persona: …`, `model.dyadic.intent_system`); the others kept the "
+                     f"plain prompt. A request conditions it by sending that text as its system message.")
     metrics = record.get("metrics") or {}
     if "eval_loss" in metrics:
         loss = float(metrics["eval_loss"])

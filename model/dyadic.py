@@ -255,6 +255,36 @@ def intent_system(intent: str | None, persona: str | None = None, base: str = SO
     return text
 
 
+CONDITIONS = ("intent", "intent,persona")  # the trainer's and eval.simulator perplexity's --condition
+
+
+def record_intent(fields: dict, record, file: str = "<memory>") -> tuple[str | None, str | None]:
+    """A record's ``intent`` and ``persona`` (top-level fields), stripped; None where a field is absent.
+
+    A field that is present but not a string, or blank, is a BadRecord naming the file, record and reason:
+    never a silently unconditioned prompt.
+    """
+    values = []
+    for name in ("intent", "persona"):
+        value = fields.get(name)
+        if value is not None and not isinstance(value, str):
+            raise BadRecord(file, record, f"{name} not a string", type(value).__name__)
+        if value is not None and not value.strip():
+            raise BadRecord(file, record, f"empty {name}")
+        values.append(value.strip() if value is not None else None)
+    return values[0], values[1]
+
+
+def conditioned_system(conv: Conversation, base: str, condition: str | None, file: str = "<memory>") -> str:
+    """The system prompt of ``conv`` under ``--condition`` (:data:`CONDITIONS`): ``intent_system`` of the
+    record's intent (and, for ``intent,persona``, its persona) after ``base``; ``base`` itself for a record
+    without an intent, so one checkpoint serves conditioned and free generation."""
+    if not condition:
+        return base
+    intent, persona = record_intent(conv.extra, conv.id, file)
+    return intent_system(intent, persona if "persona" in condition.split(",") else None, base)
+
+
 def default_system(train_role: str, conv: Conversation | None = None, override: str | None = None) -> str:
     """The system prompt: an explicit override, else the record's own, else the role's paper prompt."""
     if override is not None:

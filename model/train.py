@@ -77,8 +77,8 @@ from core.conversation import (GPT, HUMAN, BadRecord, BadRecordSummary, Turn, it
                                 parse_record, write_jsonl)
 from model.checkpoint import (CHAT_TEMPLATE_NAMES, DEFAULT_TEMPLATE, MODEL_CARD, RUN_RECORD, read_checkpoint,
                               write_checkpoint_files)
-from model.dyadic import (LEARNED_ENDS, TEMPLATES, TOKENIZATIONS, Encoder, install_chat_template, really_ended,
-                          tokenises_as_slow_llama, training_tokenizer)
+from model.dyadic import (CONDITIONS, LEARNED_ENDS, TEMPLATES, TOKENIZATIONS, Encoder, conditioned_system,
+                          install_chat_template, really_ended, tokenises_as_slow_llama, training_tokenizer)
 from model.role_template import install_role_template
 from core.errors import UsageError
 from core.runner import command
@@ -90,7 +90,7 @@ EVAL_SPLIT = "eval_split.jsonl"
 PAD_MODES = ("reuse", "add")
 DEFAULT_PAD_TOKEN = "<pad>"  # the original's
 ROW_ORDERS = ("permutation", "file")
-ENCODING_VERSION = 2  # bump when the encoded columns change, to invalidate cached tokenisations
+ENCODING_VERSION = 3  # bump when the encoded columns change, to invalidate cached tokenisations
 
 
 @dataclass
@@ -165,6 +165,10 @@ class DataArguments:
         "help": "system prompt for every record (default: the record's own, else the package's)"})
     strict: bool = field(default=False, metadata={"help": "stop at the first bad record"})
     preprocessing_num_workers: int | None = field(default=None, metadata={"help": "processes for tokenising"})
+    condition: str | None = field(default=None, metadata={
+        "help": "Socratic: a record's 'intent' (and for intent,persona its 'persona') goes into its system prompt "
+                "as model.dyadic.intent_system writes it (the prompt, then 'Intent: ...'); records without one "
+                "keep the plain prompt", "choices": list(CONDITIONS)})
 
 
 @dataclass
@@ -496,39 +500,42 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
-def _encode_rows(batch: dict, encoder: Encoder, file: str, default_system: str,
-                 ended: frozenset = frozenset(), end_marker: str = "") -> dict:
+def _encode_rows(batch: dict, encoder: Encoder, file: str, default_system: str, system: str | None = None,
+                 condition: str | None = None, ended: frozenset = frozenset(), end_marker: str = "") -> dict:
     """One encoded row per record, in the records' order (row i of the result is record i: the held-out split
-    is written from the records by position)."""
-    out = {"id": [], "input_ids": [], "labels": [], "length": [], "bad": []}
+    is written from the records by position). A record's system prompt: ``system`` (--system_prompt), else its
+    own, else ``default_system``; under ``condition`` followed by its intent (``intent``: whether it had one)."""
+    out = {"id": [], "input_ids": [], "labels": [], "length": [], "bad": [], "intent": []}
 
-    def put(rid, ids, labels, bad):
-        out["id"].append(rid)
-        out["input_ids"].append(ids)
-        out["labels"].append(labels)
-        out["length"].append(len(ids))
-        out["bad"].append(bad)
+    def put(rid, ids, labels, bad, intent=False):
+        for column, value in zip(out, (rid, ids, labels, len(ids), bad, intent)):
+            out[column].append(value)
 
-    convs = []
-    for rid, record, bad in zip(batch["id"], batch["record"], batch["bad"]):
+    convs, conditioned, problems = [], [], dict(enumerate(batch["bad"]))
+    for i, (rid, record, bad) in enumerate(zip(batch["id"], batch["record"], batch["bad"])):
         if bad:
             continue
         conv = parse_record(json.loads(record), rid, file)
-        if conv.system is None:  # the package's prompt is the fallback (an explicit override still wins)
-            conv.system = default_system
+        base = system if system is not None else conv.system if conv.system is not None else default_system
+        try:
+            conv.system = conditioned_system(conv, base, condition, file)
+        except BadRecord as err:  # an intent that is not a non-empty string
+            problems[i] = _bad_row(err)["bad"]
+            continue
         if conv.id in ended and conv.turns[-1].role == GPT:
             conv.turns.append(Turn(HUMAN, end_marker))
         convs.append(conv)
-    rows = encoder.encode_many(convs, file)  # one per good record, in order
-    for rid, bad in zip(batch["id"], batch["bad"]):
-        if bad:
-            put(rid, [], [], bad)
+        conditioned.append(conv.system != base)
+    rows = zip(encoder.encode_many(convs, file), conditioned)  # one per good record, in order
+    for i, rid in enumerate(batch["id"]):
+        if problems[i]:
+            put(rid, [], [], problems[i])
             continue
-        row = next(rows)
+        row, intent = next(rows)
         if isinstance(row, BadRecord):
             put(str(row.record), [], [], _bad_row(row)["bad"])
         else:
-            put(row["id"], row["input_ids"], row["labels"], "")
+            put(row["id"], row["input_ids"], row["labels"], "", intent)
     return out
 
 
@@ -551,21 +558,22 @@ def encode_records(records, data_hash: str, tokenizer, train_role: str, default_
     from datasets import Features, List, Value
 
     template = data_args.template or DEFAULT_TEMPLATE  # unset outside main (which follows the checkpoint)
-    encoder = Encoder(tokenizer, train_role, template, data_args.model_max_length, data_args.system_prompt)
+    encoder = Encoder(tokenizer, train_role, template, data_args.model_max_length)  # rows carry their prompt
     key = hashlib.sha256(json.dumps([ENCODING_VERSION, data_hash, records._fingerprint,
                                      tokenizer_fingerprint(tokenizer), train_role, template,
-                                     data_args.model_max_length, data_args.system_prompt,
+                                     data_args.model_max_length, data_args.system_prompt, data_args.condition,
                                      default_system, bool(ended) and data_args.end_style]).encode()).hexdigest()[:24]
     cache_file, cached = None, False
     if records.cache_files:
         folder = Path(records.cache_files[0]["filename"]).parent
         cache_file = str(folder / f"platolm-encoded-{key}.arrow")
         cached = any(folder.glob(f"platolm-encoded-{key}*.arrow"))
-    features = Features({"id": Value("string"), "input_ids": List(Value("int32")),
-                         "labels": List(Value("int32")), "length": Value("int32"), "bad": Value("string")})
+    features = Features({"id": Value("string"), "input_ids": List(Value("int32")), "labels": List(Value("int32")),
+                         "length": Value("int32"), "bad": Value("string"), "intent": Value("bool")})
     encoded = records.map(_encode_rows, batched=True, remove_columns=records.column_names, features=features,
                           fn_kwargs={"encoder": encoder, "file": data_args.data_path,
-                                     "default_system": default_system, "ended": ended,
+                                     "default_system": default_system, "system": data_args.system_prompt,
+                                     "condition": data_args.condition, "ended": ended,
                                      "end_marker": LEARNED_ENDS[data_args.end_style].marker},
                           new_fingerprint=key, cache_file_name=cache_file,
                           num_proc=data_args.preprocessing_num_workers, desc="tokenising")
@@ -720,6 +728,8 @@ def check_options(train_role: str, model_args: ModelArguments, lora_args: LoraAr
         raise UsageError(problem)
     if data_args.end_token and train_role != HUMAN:
         raise UsageError("--end-token: only Socratic (trained on the human's turns) learns to end a conversation")
+    if data_args.condition and train_role != HUMAN:
+        raise UsageError("--condition: only Socratic (trained on the human's turns) is conditioned on intents")
     if train_args.eval_strategy != "no" and data_args.eval_ratio <= 0:
         raise UsageError(f"--eval-strategy {train_args.eval_strategy.value} needs a held-out split: "
                          f"give --eval-ratio (the original: 0.05)")
@@ -757,6 +767,7 @@ class Prepared:
     n_eval: int
     n_ended: int
     efficiency: float
+    n_conditioned: dict | None = None  # --condition: {"train": n, "eval": n} conversations that had an intent
 
 
 def prepare_data(tokenizer, train_role: str, system_prompt: str, data_args: DataArguments,
@@ -783,7 +794,10 @@ def prepare_data(tokenizer, train_role: str, system_prompt: str, data_args: Data
         write_jsonl(Path(train_args.output_dir) / EVAL_SPLIT, (json.loads(r) for r in held))
     efficiency = padding_efficiency(train_tokens, train_args.per_device_train_batch_size, train_args.seed)
     n_ended = len(ended.intersection(usable["id"])) if ended else 0
-    return Prepared(data_hash, summary, train_rows, eval_rows, len(train_pos), len(eval_pos), n_ended, efficiency)
+    conditioned = ({"train": sum(usable.select(train_pos)["intent"]), "eval": sum(usable.select(eval_pos)["intent"])}
+                   if data_args.condition else None)
+    return Prepared(data_hash, summary, train_rows, eval_rows, len(train_pos), len(eval_pos), n_ended, efficiency,
+                    conditioned)
 
 
 def run_record(train_role: str, system: str, model_args, lora_args, data_args, recipe, argv, data: Prepared,
@@ -804,6 +818,7 @@ def run_record(train_role: str, system: str, model_args, lora_args, data_args, r
         "end_of_conversation": LEARNED_ENDS[data_args.end_style].marker if data_args.end_token else None,
         "end_style": data_args.end_style if data_args.end_token else None, "row_order": data_args.row_order,
         "ended_conversations": data.n_ended if data_args.end_token else None,
+        "condition": data_args.condition, "conditioned_conversations": data.n_conditioned,
         "lora": asdict(lora_args) if lora_args.lora else None, **outcome,
     }
 
@@ -865,6 +880,22 @@ def train_or_resume(trainer, train_args: TrainArguments, stopper: StopOnSignal, 
     return dict(result.metrics)
 
 
+def describe_data(data: Prepared, data_args: DataArguments, batch: int, pad: str, slow: bool) -> str:
+    """What the run trains on, said before training."""
+    text = (f"train: {data.n_train} conversations in {len(data.train_rows)} rows "
+            f"({'packed' if data_args.packing else 'one per row'}), eval: {data.n_eval}; "
+            f"padding efficiency (real tokens / tokens computed) {data.efficiency:.3f} at batch {batch}; "
+            f"pad token {pad}"
+            + ("; tokenised as the original's slow LLaMA tokenizer" if slow else "")
+            + (f"; {data.n_ended} conversations end with {LEARNED_ENDS[data_args.end_style].marker}"
+               if data_args.end_token else ""))
+    if data.n_conditioned is not None:
+        text += (f"\n--condition {data_args.condition}: {data.n_conditioned['train']} of {data.n_train} training and "
+                 f"{data.n_conditioned['eval']} of {data.n_eval} held-out conversations carry an intent"
+                 + ("" if sum(data.n_conditioned.values()) else "; warning: none does (it needs a field 'intent')"))
+    return text
+
+
 @command
 def main(train_role: str, system_prompt: str, argv: list[str] | None = None) -> int:
     model_args, lora_args, data_args, train_args, recipe = parse_args(argv)
@@ -885,13 +916,8 @@ def main(train_role: str, system_prompt: str, argv: list[str] | None = None) -> 
     chat_template, notes = prepare_chat_template(tokenizer, train_role, system, data_args, say)
     data = prepare_data(tokenizer, train_role, system_prompt, data_args, train_args, say)
     tokenizer.model_max_length = data_args.model_max_length  # after encoding, which cuts long ones itself
-    say(f"train: {data.n_train} conversations in {len(data.train_rows)} rows "
-        f"({'packed' if data_args.packing else 'one per row'}), eval: {data.n_eval}; "
-        f"padding efficiency (real tokens / tokens computed) {data.efficiency:.3f} "
-        f"at batch {train_args.per_device_train_batch_size}; pad token {pad!r} ({model_args.pad_token})"
-        + ("; tokenised as the original's slow LLaMA tokenizer" if slow else "")
-        + (f"; {data.n_ended} conversations end with {LEARNED_ENDS[data_args.end_style].marker}"
-           if data_args.end_token else ""))
+    say(describe_data(data, data_args, train_args.per_device_train_batch_size, f"{pad!r} ({model_args.pad_token})",
+                      slow))
 
     model = load_model(model_path, tokenizer, model_args, lora_args)
     if lora_args.lora and main_rank:

@@ -63,6 +63,8 @@ class Scale:
     conversations_per_assistant: int = 0  # Socratic talks to the untrained base and to PlatoLM (0: not at all)
     openings: int = 0              # openings each simulator writes: diversity (and human-likeness)
     human_likeness: bool = False
+    intents: int = 0               # unseen short conversations given intents by the teacher: intent adherence (0: none)
+    intent_chars: int = 1000       # ... of at most this many characters (the teacher reads each whole)
     modes: tuple = ("free", "seeded")  # the SocraticChat PlatoLM learns from (the paper's corpus: free only)
     engine: str | None = None      # data.simulate --engine (None: HF generate in its own process)
     concurrency: int = 16
@@ -77,11 +79,12 @@ SCALES = {
                  socratic=Training(40, "1e-4", warmup_steps=0.1, eval_steps=20, save_steps=20),
                  platolm=Training(10, "2e-4", lora=True), conversations=300, max_chars=4000, max_length=384,
                  sessions=6, max_turns=3, max_new_tokens=64, answer_tokens=128, mt_bench_questions=3,
-                 heldout=48, openings=32, human_likeness=True, conversations_per_assistant=3),
+                 heldout=48, openings=32, human_likeness=True, intents=8,
+                 conversations_per_assistant=3),
     "tiny": Scale("", "dyadic", "", "dyadic", socratic=Training(4, "1e-3", eval_steps=2),
                   platolm=Training(4, "1e-3"), conversations=24, max_chars=1000, max_length=1024, sessions=2,
                   max_turns=2, max_new_tokens=12, answer_tokens=24, mt_bench_questions=2, heldout=4, openings=4,
-                  conversations_per_assistant=2),
+                  intents=4, intent_chars=300, conversations_per_assistant=2),
     # SocraticChat as released (sd_50728.json): 50,728 free sessions; the seeded corpora are ablations
     "paper": Scale("huggyllama/llama-7b", "dyadic", "gpt-3.5-turbo", "chat", socratic=None, platolm=None,
                    conversations=None, max_chars=None, max_length=2048, sessions=50_728, max_turns=None,
@@ -119,6 +122,8 @@ def pipeline(s: Scale, name: str, out: Path, sharegpt: Path | None) -> list[Stag
               sh("cat", *sessions.values(), stdout=socraticchat) if len(sessions) > 1 else None,
               train(s, "platolm", socraticchat, platolm)),
         Stage("evaluate-socratic", *simulator_rows(s, socratic, heldout, out)) if s.heldout else None,
+        Stage("intents", *intent_rows(s, sharegpt, socratic, out, (teacher, teacher_url, teacher_model)))
+        if s.intents else None,
         Stage("evaluate-corpora",
               py("eval.question_quality", data=list(corpora.values()), name=list(corpora), embedder="minilm",
                  tokenizer=s.base_model, out=res / "question_quality"),
@@ -200,6 +205,30 @@ def simulator_rows(s: Scale, socratic: Path, heldout: Path, out: Path) -> list[C
         cmds += [py("eval.simulator human-likeness", data=data, n=s.openings, name=label,
                     out=sim / f"{stem}_human_likeness.json") for stem, (label, data) in judged.items()]
     return cmds
+
+
+def intent_rows(s: Scale, sharegpt: Path | None, socratic: Path, out: Path,
+                teacher: tuple[Cmd | None, str, str]) -> list[Cmd | None]:
+    """Intents for short ShareGPT conversations after the training and held-out ones, written by the teacher;
+    then how the untrained base and Socratic pursue them (sessions against the teacher, matched to their
+    intents; how much of the intent their openings state), next to the people's own conversations."""
+    sim, raw, clean, intents = (out / "results" / "simulator", out / "intents_raw.json", out / "intents_clean.json",
+                                out / "intents.json")
+    models = {"base": (f"untrained {base_label(s.base_model)}", s.base_model), "socratic": ("Socratic", socratic)}
+    server, teacher_url, teacher_model = teacher
+    cmds = [py("scripts.take_sharegpt", data=sharegpt, skip=s.conversations + s.heldout, n=3 * s.intents,
+               max_chars=s.intent_chars, out=raw),  # more than needed: cleaning drops some
+            py("data.prepare clean", data=raw, out=clean), server,
+            py("data.prepare intents", data=clean, out=intents, n=s.intents, base_url=teacher_url,
+               model=teacher_model, max_new_tokens=s.max_new_tokens),
+            py("eval.simulator intent-adherence", data=intents, name="ShareGPT humans",
+               out=sim / "sharegpt_intents.json")]
+    turn = min(s.max_new_tokens, 32)  # questions and answers: the CPU's budget
+    return cmds + [py("eval.simulator intent-adherence", model=model, template=s.template, intents=intents,
+                      max_turns=2, max_new_tokens=turn, max_context=s.max_length, teacher_base_url=teacher_url,
+                      teacher_model=teacher_model, teacher_max_tokens=turn, keep_truncated_answers=True,
+                      concurrency=s.intents, save=out / f"intent_sessions_{stem}.jsonl", name=label,
+                      out=sim / f"{stem}_intents.json") for stem, (label, model) in models.items()]
 
 
 def mt_bench(s: Scale, platolm: Path, model_id: str, bench: Path) -> list[Cmd | Call]:

@@ -56,6 +56,19 @@ def nll_summary(results: Path) -> list[str]:
                 f"{base['name']} model it started from ({change:+.1f}%)."]
 
 
+def intent_summary(results: Path) -> list[str]:
+    """One line: how the base and Socratic pursue intents, next to the people's own conversations."""
+    files = [results / "simulator" / f"{stem}_intents.json" for stem in ("sharegpt", "base", "socratic")]
+    if not all(f.exists() for f in files):
+        return []
+    rows = [json.loads(f.read_text()) for f in files]
+    match, leak = (", ".join(f"{r['name']} {r[key]:.2f}" for r in rows if r.get(key) is not None)
+                   for key in ("intent_accuracy", "goal_leakage"))
+    return ["", f"Intents ({rows[0]['n']} unseen conversations, intents written by the teacher): each conversation "
+                f"matched to its own intent among {rows[0]['candidates']}, top-1 {match} (chance "
+                f"{rows[0]['intent_chance']:.2f}); share of the intent's content words the first turn states: {leak}."]
+
+
 def samples(out: Path, name: str) -> list[str]:
     """The cleaning counts, the first free SocraticChat session and PlatoLM's first MT-Bench answer."""
     res, lines = out / "results", []
@@ -85,7 +98,7 @@ def prepend_summary(out: Path, name: str, scale, teacher_model: str, stage_names
     lines = [f"# PlatoLM pipeline run: `--scale {name}`", "",
              f"Base model `{scale.base_model}` ({scale.template} template), teacher `{teacher_model}`; "
              f"{training_line('Socratic', scale.socratic)}; {training_line('PlatoLM', scale.platolm)}; "
-             f"context {scale.max_length} tokens.", *nll_summary(out / "results"), "",
+             f"context {scale.max_length} tokens.", *nll_summary(out / "results"), *intent_summary(out / "results"), "",
              *stage_table(out, stage_names), *samples(out, name)]
     report = out / "REPORT.md"
     body = report.read_text()

@@ -13,7 +13,10 @@ As ``--role human`` with ``--end-after K`` it writes the end-of-conversation mar
 ``--prefix TEXT`` starts every reply with TEXT (two assistants that differ in a known way); as ``--role human``,
 ``--use-seed`` makes the question depend on the request's ``seed`` too (a sampling simulator), and
 ``--misbehave empty|assistant|repeat`` makes it fail as a simulator can (after ``--misbehave-after`` good
-questions): empty turns, turns written as an assistant would, or the previous human turn again. ``--role judge`` rates what it is sent: asked for a verdict
+questions): empty turns, turns written as an
+assistant would, or the previous human turn again; ``--copy-intent`` makes it a simulator that states the
+intent of its system message (``Intent: ...``, as ``model.dyadic.intent_system`` writes it) as every question.
+``--role judge`` rates what it is sent: asked for a verdict
 between A and B (the request mentions ``[[A]]``), ``[[A]]`` when ``--prefer`` occurs before ``--avoid`` (or
 neither occurs: a judge with a position bias), else ``[[B]]``; asked for a rating, ``Rating: [[9]]`` when the
 request holds ``--prefer``, ``[[2]]`` when it holds ``--avoid``, else a rating from 1 to 10 drawn from a hash of
@@ -53,7 +56,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from model.dyadic import END_OF_CONVERSATION
+from model.dyadic import END_OF_CONVERSATION, INTENT_LABEL
 
 FAULT_KINDS = ("429", "500", "drop", "garbage", "empty", "hang")
 WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november "
@@ -114,6 +117,10 @@ def human_words(args, turns: list[dict], body: dict, last: str) -> list[str]:
         return ASSISTANT_LIKE.split() + [f"({n})"]
     if misbehaving and args.misbehave == "repeat" and asked:
         return asked[-1].split()
+    intent = [line[len(INTENT_LABEL):] for m in body.get("messages") or [] if m.get("role") == "system"
+              for line in str(m.get("content", "")).splitlines() if line.startswith(INTENT_LABEL)]
+    if args.copy_intent and intent:
+        return intent[0].split()
     seed = f"|{body.get('seed')}" if args.use_seed else ""
     return ["Question", f"{n}:"] + _words(args.answer_words, f"q{n}|{last}{seed}") + ["?"]
 
@@ -272,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--misbehave", choices=["empty", "assistant", "repeat"],
                    help="--role human: empty turns, assistant-like turns, or the previous human turn again")
     p.add_argument("--misbehave-after", type=int, default=0, help="--misbehave: after this many good questions")
+    p.add_argument("--copy-intent", action="store_true", help="--role human: ask the system message's intent")
     p.add_argument("--prefer", default="", help="--role judge: the text it prefers")
     p.add_argument("--avoid", default="", help="--role judge: the text it dislikes")
     p.add_argument("--unsure-every", type=int, default=0, help="--role judge: every K-th reply has no verdict")

@@ -15,8 +15,8 @@ import pytest
 
 from tests.conftest import PYTHON, ROOT, env_offline
 
-STAGES = ["prepare", "train-socratic", "simulate", "train-platolm", "evaluate-socratic", "evaluate-corpora",
-          "evaluate-platolm", "converse", "report"]
+STAGES = ["prepare", "train-socratic", "simulate", "train-platolm", "evaluate-socratic", "intents",
+          "evaluate-corpora", "evaluate-platolm", "converse", "report"]
 LEAKY = ("TEACHER", "TEACHER_BASE_URL", "JUDGE_MODEL", "JUDGE_BASE_URL", "OPENAI_API_KEY", "DEMO_ARGS")
 pytestmark = pytest.mark.xdist_group("demo")  # one worker runs the shared pipeline once
 
@@ -111,7 +111,12 @@ def test_tiny_demo_evaluates_and_reports(tiny_run):
     assert {p.name for p in (results / "figures" / "lengths").glob("*.png")} == {
         "rounds_per_session.png", "tokens_per_utterance.png", "tokens_per_session.png"}
     simulator = {f.stem: json.loads(f.read_text()) for f in (results / "simulator").glob("*.json")}
-    assert set(simulator) == {"base", "socratic", "sharegpt_diversity", "base_diversity", "socratic_diversity"}
+    intents = {"sharegpt_intents", "base_intents", "socratic_intents"}
+    assert set(simulator) == {"base", "socratic", "sharegpt_diversity", "base_diversity", "socratic_diversity", *intents}
+    written = json.loads((out / "intents.json").read_text())  # by the local teacher; the sessions pursue them
+    assert written and all(r["intent"].strip() for r in written)
+    assert all(s["intent"] for s in jsonl(out / "intent_sessions_socratic.jsonl"))
+    assert all(simulator[k]["n"] >= 2 and simulator[k]["goal_leakage_n"] >= 1 for k in intents)
     assert all(simulator[k]["nll"] > 0 and simulator[k]["tokens"] > 0 for k in ("base", "socratic"))
     assert simulator["base"]["tokens"] == simulator["socratic"]["tokens"]  # the same held-out human turns
     assert all(0 < simulator[k]["distinct_1"] <= 1 for k in simulator if k.endswith("diversity"))
@@ -123,7 +128,7 @@ def test_tiny_demo_evaluates_and_reports(tiny_run):
     assert report.startswith("# PlatoLM pipeline run: `--scale tiny`") and "A SocraticChat session" in report
     assert "### Question quality" in report and "### Corpus statistics" in report
     assert "## Simulator quality" in report and "| ShareGPT humans |" in report and "| Socratic |" in report
-    assert "Held-out human turns" in report
+    assert "Held-out human turns" in report and "intent top-1 ↑" in report
     conversations = {name: jsonl(results / "converse" / "conversations" / f"{name}.jsonl") for name in ("base", "platolm")}
     assert all(len(c) == 2 for c in conversations.values())  # --num-conversations 2 with each assistant
     assert [c["id"] for c in conversations["base"]] == [c["id"] for c in conversations["platolm"]]  # the same users
@@ -212,6 +217,7 @@ def test_teacher_and_judge_variables_switch_the_printed_commands(tmp_path, capsy
     no_services.setenv("JUDGE_MODEL", "org/judge")
     text = "\n".join(dry_run(capsys, "--out", tmp_path / "demo"))
     assert "model.serve" not in text.split("python -m data.simulate")[0]  # no local teacher to start
-    assert text.count("--teacher-base-url http://127.0.0.1:9/v1 --teacher-model remote-teacher") == 2
+    # the sessions of data.simulate (free, seeded) and of intent-adherence (base, Socratic)
+    assert text.count("--teacher-base-url http://127.0.0.1:9/v1 --teacher-model remote-teacher") == 4
     assert "python -m eval.mt_bench judge" in text and "--judge-model org/judge" in text
     assert "org_judge_single.jsonl" in text and "--judge-base-url" not in text  # OpenAI's unless JUDGE_BASE_URL
