@@ -230,21 +230,17 @@ def servers():
 def plain_teacher(tmp_path_factory):
     """tests/fault_teacher.py as a teacher with no faults: its answers depend on the request alone, so tests that do
     not read its /stats share it."""
-    from tests.servers import fault_server
+    from tests.servers import fault_server_while
 
-    srv = fault_server(tmp_path_factory.mktemp("plain-teacher"), "teacher")
-    yield srv
-    srv.stop()
+    yield from fault_server_while(tmp_path_factory, "teacher")
 
 
 @pytest.fixture(scope="session")
 def plain_simulator(tmp_path_factory):
     """tests/fault_teacher.py asking questions (``--role human``), no faults: shared like ``plain_teacher``."""
-    from tests.servers import fault_server
+    from tests.servers import fault_server_while
 
-    srv = fault_server(tmp_path_factory.mktemp("plain-simulator"), "sim", "--role", "human")
-    yield srv
-    srv.stop()
+    yield from fault_server_while(tmp_path_factory, "sim", "--role", "human")
 
 
 @pytest.fixture(scope="session")

@@ -67,6 +67,13 @@ def fault_server(tmp: Path, name: str, *args: str, env: dict | None = None) -> S
     return srv.wait_ready(f"http://127.0.0.1:{port_file.read_text()}/v1")
 
 
+def fault_server_while(tmp_path_factory, name: str, *args: str):
+    """A fixture's body: ``fault_server`` in a folder of its own, yielded, stopped after the fixture's scope."""
+    srv = fault_server(tmp_path_factory.mktemp(name), name, *args)
+    yield srv
+    srv.stop()
+
+
 def serve_simulator(tmp: Path, model_path, name: str, *args: str) -> Server:
     """``model.serve`` playing the user (``--role human``) with a local model on the CPU."""
     port = free_port()

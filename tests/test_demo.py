@@ -42,21 +42,17 @@ def commands(stdout: str) -> list[str]:
 @pytest.fixture(scope="module")
 def remote(tmp_path_factory):
     """A local OpenAI-compatible process standing in for a remote teacher and judge."""
-    from tests.servers import fault_server
+    from tests.servers import fault_server_while
 
-    server = fault_server(tmp_path_factory.mktemp("remote"), "remote", "--answer-words", "10")
-    yield server
-    server.stop()
+    yield from fault_server_while(tmp_path_factory, "remote", "--answer-words", "10")
 
 
 @pytest.fixture(scope="module")
 def judge(tmp_path_factory):
     """A local OpenAI-compatible judge that rates every answer and prefers no assistant (tests/fault_teacher.py)."""
-    from tests.servers import fault_server
+    from tests.servers import fault_server_while
 
-    server = fault_server(tmp_path_factory.mktemp("judge"), "judge", "--role", "judge")
-    yield server
-    server.stop()
+    yield from fault_server_while(tmp_path_factory, "judge", "--role", "judge")
 
 
 @pytest.fixture(scope="module")
