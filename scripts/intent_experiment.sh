@@ -44,10 +44,10 @@ done
 
 # 3. two Socratics, the same data and steps; one sees each record's intent in its system prompt
 for run in plain intent; do
-  step "$OUT/socratic-$run/platolm_run.json" $PY -m model.sft_socratic.train --model_name_or_path smollm2 \
-      --data_path "$OUT/train_split.json" --output_dir "$OUT/socratic-$run" --template chat --model_max_length 384 \
-      --max_steps 40 --per_device_train_batch_size 2 --learning_rate 1e-4 --warmup_steps 0.1 --logging_steps 1 \
-      --save_steps 20 --use_cpu --report_to none $([ "$run" = intent ] && echo --condition intent)
+  step "$OUT/socratic-$run/platolm_run.json" $PY -m model.sft_socratic.train --model smollm2 \
+      --data "$OUT/train_split.json" --out "$OUT/socratic-$run" --template chat --max-length 384 \
+      --max-steps 40 --per-device-train-batch-size 2 --learning-rate 1e-4 --warmup-steps 0.1 --logging-steps 1 \
+      --save-steps 20 --use-cpu --report-to none $([ "$run" = intent ] && echo --condition intent)
 done
 
 # 4. held-out human-turn NLL given the intent, and over the same tokens without it
