@@ -76,7 +76,7 @@ SCALES = {
     # all weights, long enough to beat the untrained model's held-out human-turn NLL by a margin; PlatoLM: LoRA,
     # about two passes over its dozen sessions (what it shows is the mechanics, not the quality)
     "cpu": Scale("smollm2", "chat", "smollm2", "chat",
-                 socratic=Training(40, "1e-4", warmup_steps=0.1, eval_steps=20, save_steps=20),
+                 socratic=Training(60, "1e-4", warmup_steps=0.1, eval_steps=30, save_steps=30),
                  platolm=Training(10, "2e-4", lora=True), conversations=300, max_chars=4000, max_length=384,
                  sessions=6, max_turns=3, max_new_tokens=64, answer_tokens=128, mt_bench_questions=3,
                  heldout=48, openings=32, human_likeness=True, intents=8,

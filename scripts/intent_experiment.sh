@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Does conditioning on intents help Socratic? SmolLM2 Socratic trained with and without --condition intent on the
-# same data and steps (the demo's Socratic recipe: 40 steps, lr 1e-4, all weights, 384 tokens, --template chat),
+# same data and steps (40 steps, lr 1e-4, all weights, 384 tokens, --template chat),
 # intents written by SmolLM2 served here; then, for both, the held-out human-turn NLL given intents and the
 # intent adherence of their sessions (against the same local teacher), next to the untrained model and the people.
 # CPU, offline; every step is skipped once its output exists, so a rerun continues. On a shared machine: nice.
