@@ -64,10 +64,11 @@ def transcript(turns: Sequence[Turn]) -> str:
 
 def usable_reply(reply: Reply, what: str) -> str:
     """The reply as one line, without a leading label or surrounding quotes; a reply cut at the token limit keeps
-    its complete sentences (all of it when none ended). JobFailed (counted, retried next run) when no word is left."""
+    its complete sentences (all of it when no sentence with a word ended). JobFailed (counted, retried next run)
+    when no word is left."""
     text = _LABEL.sub("", " ".join(reply.text.split()), count=1).strip().strip(_QUOTES).strip()
     end = max(text.rfind(c) for c in ".!?")
-    if reply.finish_reason == "length" and end > 0:
+    if reply.finish_reason == "length" and end > 0 and re.search(r"\w", text[:end]):
         text = text[:end + 1].strip(_QUOTES)
     if not re.search(r"\w", text):
         raise JobFailed(f"the reply holds no {what} (finish_reason {reply.finish_reason}, "

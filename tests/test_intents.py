@@ -17,6 +17,9 @@ from pathlib import Path
 import pytest
 
 from core.conversation import GPT, HUMAN, Conversation, parse_record
+from core.endpoint import Reply
+from core.engine import JobFailed
+from data.intent_writer import usable_reply
 from model.dyadic import SOCRATIC_SYSTEM, Encoder, Template, intent_system
 from tests.conftest import PYTHON, ROOT, env_offline
 from tests.test_simulate import Server
@@ -104,6 +107,22 @@ def test_an_empty_reply_is_a_counted_failure_retried_by_the_next_run(sharegpt, s
     assert prepare("--data", sharegpt, "--out", out, "--base-url", stubs["teacher"], "--n", "3") == 0
     assert len(read(out)) == 3 and all(r["intent"] for r in read(out))
     assert not (tmp_path / "intents.log.failed.jsonl").exists()
+
+
+@pytest.mark.parametrize("text, finish, kept", [
+    ("Intent: You want a cake recipe. You also want", "length", "You want a cake recipe."),
+    ("\u201cYou want a cake recipe without eggs", "length", "You want a cake recipe without eggs"),
+    ("\ufffd.\ufffd[] ickai t Wh", "length", "\ufffd.\ufffd[] ickai t Wh"),  # no sentence with a word ended
+    ("You want a cake recipe. You also want", "stop", "You want a cake recipe. You also want"),
+])
+def test_a_reply_cut_at_the_limit_keeps_its_complete_sentences(text, finish, kept):
+    assert usable_reply(Reply(text, finish, None, None), "intent") == kept
+
+
+@pytest.mark.parametrize("text", ["", " \u201c. ? \u201d", "Intent: ..."])
+def test_a_reply_without_a_word_is_a_counted_failure(text):
+    with pytest.raises(JobFailed, match="holds no intent"):
+        usable_reply(Reply(text, "length", None, None), "intent")
 
 
 def test_a_killed_run_resumes_and_writes_each_intent_once(sharegpt, stubs, tmp_path):
