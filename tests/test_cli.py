@@ -12,9 +12,10 @@ PLATOLM, SOCRATIC = "model.sft_platolm.cli", "model.sft_socratic.cli"
 
 
 def run_cli(module: str, model: str, stdin: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([PYTHON, "-m", module, "--model", model, "--device", "cpu", *args],
-                          input=stdin, capture_output=True, text=True, cwd=ROOT, env=env_offline(),
-                          timeout=300)
+    """The CLI's output decoded here: text mode would read a generated "\\r" as a newline, unlike the saved turn."""
+    p = subprocess.run([PYTHON, "-m", module, "--model", model, "--device", "cpu", *args],
+                       input=stdin.encode(), capture_output=True, cwd=ROOT, env=env_offline(), timeout=300)
+    return subprocess.CompletedProcess(p.args, p.returncode, p.stdout.decode(), p.stderr.decode())
 
 
 def streamed(turns: list[tuple[str, str]], role: str) -> str:
