@@ -29,6 +29,13 @@ def trainer_flags():
     return docs.trainer_flags()
 
 
+def test_a_group_of_tests_shares_one_worker(request):
+    """Under ``make test`` (pytest-xdist, --dist loadgroup) a grouped test carries its group; pytest 9.2 silently
+    dropped it, and every grouped module built its expensive fixtures on each worker."""
+    if getattr(request.config.option, "loadgroup", False):
+        assert request.node.nodeid.endswith("@docs"), request.node.nodeid
+
+
 @pytest.mark.slow
 def test_cli_doc_is_current(rendered):
     assert docs.CLI_DOC.is_file(), "docs/cli.md is missing: run `python -m scripts.docs`"
