@@ -49,7 +49,8 @@ $(ALPACA_VENV)/.installed: Makefile
 demo: $(STAMP) $(MT_BENCH)  # not AlpacaEval's venv or DeepSpeed's op: the demo uses neither
 	$(BIN)/python -m scripts.demo $(DEMO_ARGS)
 
-test: setup
+test:  # set-up's independent parts side by side (the venvs, then the MT-Bench files and DeepSpeed's op)
+	$(MAKE) --no-print-directory -j3 setup
 	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 # What only a GPU shows (trainer MFU, vLLM serving Socratic, vLLM == HF generate); a dry run without CUDA.
