@@ -66,7 +66,9 @@ def intent_summary(results: Path) -> list[str]:
                    for key in ("intent_accuracy", "goal_leakage"))
     return ["", f"Intents ({rows[0]['n']} unseen conversations, intents written by the teacher): each conversation "
                 f"matched to its own intent among {rows[0]['candidates']}, top-1 {match} (chance "
-                f"{rows[0]['intent_chance']:.2f}); share of the intent's content words the first turn states: {leak}."]
+                f"{rows[0]['intent_chance']:.2f}); share of the intent's content words the first turn states: {leak}. "
+                "This Socratic was trained without intents; scripts/intent_experiment.sh trains one with "
+                "`--condition intent` and measures both."]
 
 
 def samples(out: Path, name: str) -> list[str]:
