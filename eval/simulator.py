@@ -22,7 +22,8 @@ role-play chat model with ``--simulator-kind roleplay``), on any held-out conver
 * ``role-adherence``: on probes whose last assistant turn invites a role swap (it asks the user a
   question, asks for help, or hands the conversation over; ``eval/probes/role_swap.jsonl``), the share of
   generated next turns that stay in the user's role, judged by the same detector.
-* ``termination`` (a simulator with a learned end marker, ``model.dyadic.END_OF_CONVERSATION``): after
+* ``termination`` (a simulator with a learned end marker: the one its checkpoint records,
+  ``model.dyadic.END_OF_CONVERSATION`` or the original experiment's ``<e>``): after
   every assistant turn of held-out conversations, does the model end there? Gold: it ends after the last
   assistant turn of a conversation that really ended (``--ended auto``: the rule the trainer's
   ``--end-token`` learns from, ``model.dyadic.really_ended``: a record's ``"ended"``, a session its simulator
@@ -611,10 +612,18 @@ def decision_points(conv: Conversation, ended: bool) -> list[tuple[list[Turn], b
             if t[i].role == GPT and (i == len(t) - 1 or t[i + 1].role == HUMAN)]
 
 
-def marker_rows(encoder: Encoder, points, max_length: int, file: str, summary: BadRecordSummary) -> list[dict | None]:
-    """One row per point: the history and the marker as the next human turn, only the marker's tokens labelled,
+def learned_end_marker(model) -> str:
+    """The end marker a checkpoint learned (its record's: the original experiment's ``<e>``), else the project's."""
+    from core.assets import resolve
+
+    return read_checkpoint(resolve(model)).record.get("end_of_conversation") or END_OF_CONVERSATION
+
+
+def marker_rows(encoder: Encoder, points, max_length: int, file: str, summary: BadRecordSummary,
+                marker: str = END_OF_CONVERSATION) -> list[dict | None]:
+    """One row per point: the history and ``marker`` as the next human turn, only the marker's tokens labelled,
     left-cut to the last ``max_length`` tokens (the window the simulator sees)."""
-    convs = [Conversation(f"{cid}@{len(h)}", [*h, Turn(HUMAN, END_OF_CONVERSATION)]) for cid, h, _ in points]
+    convs = [Conversation(f"{cid}@{len(h)}", [*h, Turn(HUMAN, marker)]) for cid, h, _ in points]
     rows = []
     for row in encoder.encode_many(convs, file):
         if isinstance(row, BadRecord):
@@ -663,7 +672,8 @@ def termination(args) -> dict:
         source = source_fields(args, model)
     else:
         decided = marker_decisions(args, points, summary)
-        source = {"model": str(args.model), "template": args.template, "threshold": args.threshold}
+        source = {"model": str(args.model), "template": args.template, "threshold": args.threshold,
+                  "marker": learned_end_marker(args.model)}
     kept = [(gold, d) for (_, _, gold), d in zip(points, decided) if d is not None]
     tp = sum(g and d for g, d in kept)
     predicted, positives = sum(d for _, d in kept), sum(g for g, _ in kept)
@@ -681,10 +691,11 @@ def marker_decisions(args, points, summary: BadRecordSummary) -> list[bool | Non
     from tqdm import tqdm
 
     scorer, encoder, max_length = local_scorer(args)
+    marker = learned_end_marker(args.model)
     decided: list[bool | None] = []
     for start in tqdm(range(0, len(points), args.pool), desc="termination", unit="pool", file=sys.stderr, disable=None):
         chunk = points[start:start + args.pool]
-        rows = marker_rows(encoder, chunk, max_length, str(args.data), summary)
+        rows = marker_rows(encoder, chunk, max_length, str(args.data), summary, marker)
         scores = iter(scorer.score([r for r in rows if r is not None]))
         for row in rows:
             decided.append(None if row is None else math.exp(-next(scores)[0]) >= args.threshold)

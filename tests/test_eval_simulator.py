@@ -406,6 +406,30 @@ def test_termination_of_a_model_that_learned_the_end_marker(socratic_that_ends, 
                for c in convs) < 1e-6  # the untrained model's margin
 
 
+def test_termination_asks_about_the_marker_the_checkpoint_learned(tiny_dir, tmp_path):
+    """A checkpoint of the original's ``<e>`` experiment is scored on ``<e>``, a model without a record on the
+    project's marker."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from model.dyadic import SOCRATIC_SYSTEM
+
+    ckpt = Path(shutil.copytree(tiny_dir, tmp_path / "e-experiment"))
+    (ckpt / "platolm_run.json").write_text(json.dumps({"template": "dyadic", "train_role": HUMAN,
+                                                       "system_prompt": SOCRATIC_SYSTEM, "end_of_conversation": "<e>"}))
+    assert (sim.learned_end_marker(tiny_dir), sim.learned_end_marker(ckpt)) == (END_OF_CONVERSATION, "<e>")
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    point = ("c", [Turn(HUMAN, "How do I sort a list?"), Turn(GPT, "Use sorted(xs).")], True)
+    for marker in ("<e>", END_OF_CONVERSATION):
+        [row] = sim.marker_rows(Encoder(tok, HUMAN, "dyadic"), [point], 10_000, "f", BadRecordSummary(), marker)
+        scored = tok.decode([i for i, lab in zip(row["input_ids"], row["labels"]) if lab != IGNORE_INDEX])
+        assert marker in scored and "sorted" not in scored
+    data = tmp_path / "heldout.jsonl"
+    write_jsonl(data, [Conversation("c", point[1]).to_sharegpt()])
+    assert result(tmp_path, "termination", "--model", str(ckpt), "--data", str(data))["marker"] == "<e>"
+
+
 def test_termination_gold_follows_the_segments_that_really_ended(tmp_path):
     convs = [Conversation("a_0", [Turn(HUMAN, "q"), Turn(GPT, "a")]),
              Conversation("a_1", [Turn(HUMAN, "q2"), Turn(GPT, "b")]),
