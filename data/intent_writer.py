@@ -32,11 +32,13 @@ from typing import Iterable, Iterator, Sequence
 
 import openai
 
-from core.conversation import GPT, HUMAN, BadRecord, BadRecordSummary, Conversation, Turn
+from core.conversation import HUMAN, BadRecord, BadRecordSummary, Conversation
 from core.endpoint import Endpoint, Reply, is_context_exceeded
 from core.engine import SKIPPED, Job, JobFailed, JobLog, Result, side_file
 from core.errors import UsageError
+from core.prompts import read_prompt
 from data.intents import leakage, leakage_summary
+from data.simulators import transcript
 
 PROMPTS = Path(__file__).resolve().parent / "prompts"
 DEFAULT_PROMPT, DEFAULT_PERSONA_PROMPT = PROMPTS / "intent.txt", PROMPTS / "persona.txt"
@@ -44,22 +46,6 @@ CONVERSATION = "{conversation}"
 # a label a model may put before its answer ("Intent:", "**Goal:**", "The user's persona:")
 _LABEL = re.compile(r"^\W*(?:the\s+)?(?:(?:user|person)'?s?\s+)?(?:intent|goal|persona)\W*:\W*", re.IGNORECASE)
 _QUOTES = "\"'“”‘’`"
-
-
-def load_prompt(path: str | Path) -> str:
-    """A prompt file's text; UsageError naming the file when it is missing or has no {conversation}."""
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"{path}: prompt file not found")
-    text = path.read_text(encoding="utf-8")
-    if CONVERSATION not in text:
-        raise UsageError(f"{path}: the prompt needs a {CONVERSATION} placeholder where the transcript goes")
-    return text
-
-
-def transcript(turns: Sequence[Turn]) -> str:
-    names = {HUMAN: "User", GPT: "Assistant"}
-    return "\n\n".join(f"{names[t.role]}: {t.text}" for t in turns)
 
 
 def usable_reply(reply: Reply, what: str) -> str:
@@ -172,10 +158,10 @@ def write_intents(args) -> int:
     from core.engine import run_jobs
     from core.formats import iter_input, write_output
 
-    prompt = load_prompt(args.prompt_file or DEFAULT_PROMPT)
+    prompt = read_prompt(args.prompt_file or DEFAULT_PROMPT, [CONVERSATION])
     persona_path = args.persona_prompt_file or (DEFAULT_PERSONA_PROMPT if args.persona else None)
     endpoint = Endpoint(args.base_url, args.model, args.api_key_env, args.max_retries, what="intent writer")
-    writer = IntentWriter(endpoint, prompt, load_prompt(persona_path) if persona_path else None, args.max_new_tokens,
+    writer = IntentWriter(endpoint, prompt, read_prompt(persona_path, [CONVERSATION]) if persona_path else None, args.max_new_tokens,
                           args.temperature)
     convs = usable_conversations(iter_input(args.inp, args.strict, args.summary), args.inp, args.strict,
                                  args.summary)[:args.n]

@@ -32,6 +32,7 @@ from core.conversation import BadRecord, Turn, atomic_write, parse_record
 from core.endpoint import Endpoint, Prices, Reply, current_calls
 from core.engine import Job, side_file
 from core.errors import UsageError
+from core.prompts import read_prompt
 from data.simulators import transcript
 from eval.mt_bench import JUDGE_MAX_TOKENS, parse_rating, parse_winner
 
@@ -106,14 +107,7 @@ def load_prompt(mode: str, path: str | Path | None = None, judge: str | None = N
     offline stand-in gets the bare texts it scores."""
     if judge == STAND_IN and path is None:
         return STAND_IN_PROMPTS[mode]
-    path = Path(path) if path else PROMPTS / f"converse_{mode}.txt"
-    if not path.is_file():
-        raise UsageError(f"{path}: judge prompt file not found")
-    text = path.read_text(encoding="utf-8")
-    missing = [p for p in PLACEHOLDERS[mode] if p not in text]
-    if missing:
-        raise UsageError(f"{path}: a {mode} judge prompt needs the placeholder(s) {', '.join(missing)}")
-    return text
+    return read_prompt(path or PROMPTS / f"converse_{mode}.txt", PLACEHOLDERS[mode], f"{mode} judge prompt")
 
 
 def fill(prompt: str, **fields: str) -> str:

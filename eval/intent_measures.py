@@ -112,13 +112,9 @@ def first_round_end(convs: Sequence[Measured]) -> float:
 
 # -- the judge ----------------------------------------------------------------------------------------------
 def load_judge_prompt(path: str | Path | None) -> str:
-    from core.errors import UsageError
+    from core.prompts import read_prompt
 
-    path = Path(path or JUDGE_PROMPT)
-    text = path.read_text(encoding="utf-8") if path.is_file() else None
-    if text is None or "{intent}" not in text or "{conversation}" not in text:
-        raise UsageError(f"{path}: a judge prompt file with {{intent}} and {{conversation}} placeholders is needed")
-    return text
+    return read_prompt(path or JUDGE_PROMPT, ["{intent}", "{conversation}"], "judge prompt")
 
 
 def judge_pursuit(convs: Sequence[Measured], endpoint, prompt: str, concurrency: int, log_path: Path | None) -> dict:

@@ -329,3 +329,14 @@ def test_bad_input_is_one_line_naming_the_flag_or_file(srv, tmp_path, capsys):
     assert str(unrated) in error(["agreement", "--human", str(unrated), "--judge-model", "j", "--judge-base-url",
                                   srv["judge"].url, "--out", str(tmp_path / "a.jsonl")])
     assert "not a run of eval.converse" in error(["show", "--run", str(tmp_path)])
+    prompt = tmp_path / "judge.txt"
+    prompt.write_text("Rate this conversation 1-10 as [[N]].")  # no {conversation}: checked before any call
+    rated = tmp_path / "rated.jsonl"
+    rated.write_text('{"id": "a", "model": "m", "rating": 5, "conversations": [{"from": "human", "value": "hi"}, '
+                     '{"from": "gpt", "value": "hello"}]}\n')
+    judge = ["agreement", "--human", str(rated), "--judge-model", "j", "--judge-base-url", srv["judge"].url,
+             "--out", str(tmp_path / "a.jsonl")]
+    assert f"{prompt}: the conversation judge prompt needs the placeholder(s) {{conversation}}" in error(
+        [*judge, "--prompt-file", str(prompt)])
+    assert f"{tmp_path / 'none.txt'}: conversation judge prompt file not found" in error(
+        [*judge, "--prompt-file", str(tmp_path / "none.txt")])
