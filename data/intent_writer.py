@@ -161,8 +161,8 @@ def write_intents(args) -> int:
     prompt = read_prompt(args.prompt_file or DEFAULT_PROMPT, [CONVERSATION])
     persona_path = args.persona_prompt_file or (DEFAULT_PERSONA_PROMPT if args.persona else None)
     endpoint = Endpoint(args.base_url, args.model, args.api_key_env, args.max_retries, what="intent writer")
-    writer = IntentWriter(endpoint, prompt, read_prompt(persona_path, [CONVERSATION]) if persona_path else None, args.max_new_tokens,
-                          args.temperature)
+    persona_prompt = read_prompt(persona_path, [CONVERSATION]) if persona_path else None
+    writer = IntentWriter(endpoint, prompt, persona_prompt, args.max_new_tokens, args.temperature)
     convs = usable_conversations(iter_input(args.inp, args.strict, args.summary), args.inp, args.strict,
                                  args.summary)[:args.n]
     if not convs:

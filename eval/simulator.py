@@ -671,9 +671,10 @@ def termination(args) -> dict:
         summary.counts.update(gen_summary.counts)
         source = source_fields(args, model)
     else:
-        decided = marker_decisions(args, points, summary)
+        marker = learned_end_marker(args.model)
+        decided = marker_decisions(args, points, marker, summary)
         source = {"model": str(args.model), "template": args.template, "threshold": args.threshold,
-                  "marker": learned_end_marker(args.model)}
+                  "marker": marker}
     kept = [(gold, d) for (_, _, gold), d in zip(points, decided) if d is not None]
     tp = sum(g and d for g, d in kept)
     predicted, positives = sum(d for _, d in kept), sum(g for g, _ in kept)
@@ -686,12 +687,11 @@ def termination(args) -> dict:
             "ended": args.ended, "skipped": summary.total, "skipped_reasons": dict(summary.counts)}
 
 
-def marker_decisions(args, points, summary: BadRecordSummary) -> list[bool | None]:
-    """p(the next human turn is exactly the end marker | history) >= threshold, for every point."""
+def marker_decisions(args, points, marker: str, summary: BadRecordSummary) -> list[bool | None]:
+    """p(the next human turn is exactly ``marker`` | history) >= threshold, for every point."""
     from tqdm import tqdm
 
     scorer, encoder, max_length = local_scorer(args)
-    marker = learned_end_marker(args.model)
     decided: list[bool | None] = []
     for start in tqdm(range(0, len(points), args.pool), desc="termination", unit="pool", file=sys.stderr, disable=None):
         chunk = points[start:start + args.pool]
